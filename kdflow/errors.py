@@ -1,0 +1,53 @@
+"""User-facing errors and the wrapper every stage script runs under."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+DEBUG_ENV = "KDFLOW_DEBUG"
+LOG_PATH = Path("logs") / "kdflow-error.log"
+
+
+class KdflowError(Exception):
+    """An error caused by the user's input (params, data, artifacts): shown as one line."""
+
+
+def _write_log(text: str) -> Path | None:
+    try:
+        LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
+        LOG_PATH.write_text(text)
+        return LOG_PATH
+    except OSError:
+        return None
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main`` and turn failures into one line on stderr and a non-zero exit.
+
+    The full traceback goes to ``logs/kdflow-error.log``; set KDFLOW_DEBUG=1 to see it on
+    the terminal instead.
+    """
+    stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"kdflow {stage}: interrupted, no outputs written", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the point is to catch everything here
+        if os.environ.get(DEBUG_ENV):
+            raise
+        log = _write_log(traceback.format_exc())
+        if isinstance(exc, KdflowError):
+            print(f"kdflow {stage}: error: {exc}", file=sys.stderr)
+        else:
+            where = f" (traceback in {log})" if log else ""
+            print(
+                f"kdflow {stage}: unexpected {type(exc).__name__}: {exc}{where}; "
+                f"set {DEBUG_ENV}=1 to show it",
+                file=sys.stderr,
+            )
+        sys.exit(1)

@@ -1,0 +1,131 @@
+"""Atomic, byte-reproducible artifact writing and checked artifact reading.
+
+Every output goes to a temporary file in the destination folder and is renamed into place,
+so an interrupted stage never leaves a half-written file. Zip-based formats (.npz, .keras)
+are rewritten with fixed timestamps so the same content always hashes the same in DVC.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from kdflow.errors import KdflowError
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, *, produced_by: str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KdflowError(f"{path} is corrupt: rerun `dvc repro --force {produced_by}`") from None
+
+
+def _write_fixed_zip(dest: Path, members: Mapping[str, bytes]) -> None:
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, payload in members.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, payload)
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Like np.savez_compressed, but deterministic bytes and an atomic write."""
+    members = {}
+    for name, array in sorted(arrays.items()):
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+        members[f"{name}.npy"] = buffer.getvalue()
+    with atomic_path(path) as tmp:
+        _write_fixed_zip(tmp, members)
+
+
+def load_npz(path: str | Path, keys: tuple[str, ...], *, produced_by: str) -> dict[str, np.ndarray]:
+    path = Path(path)
+    rerun = f"rerun `dvc repro --force {produced_by}`"
+    if not path.exists():
+        raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise KdflowError(f"{path} lacks arrays {missing}: {rerun}")
+            return {k: npz[k] for k in keys}
+    except KdflowError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise KdflowError(f"{path} is unreadable ({exc}): {rerun}") from None
+
+
+def save_model(path: str | Path, model: Any) -> None:
+    """Save a trained Keras model as a portable, byte-reproducible ``.keras`` file.
+
+    The saved copy is rebuilt from the model's config and weights, so it carries no optimizer
+    state or compile settings (e.g. our custom losses): ``keras.models.load_model`` works
+    anywhere with no custom objects. Keras stamps the save time into the archive; we replace
+    it with a fixed value so identical weights give identical bytes (and DVC hashes).
+    """
+    import keras  # deferred: keep TensorFlow out of code paths that do not need it
+
+    # from_config (not clone_model, which would also copy the compile settings).
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "model.keras"
+        clean.save(raw)
+        with zipfile.ZipFile(raw) as zf:
+            members = {name: zf.read(name) for name in sorted(zf.namelist())}
+    meta = json.loads(members["metadata.json"])
+    meta["date_saved"] = "reproducible"
+    members["metadata.json"] = json.dumps(meta, sort_keys=True).encode()
+    with atomic_path(path) as tmp:
+        _write_fixed_zip(tmp, members)
+
+
+def load_model(path: str | Path, *, produced_by: str) -> Any:
+    """Load a ``.keras`` model with Keras' safe_mode on (no arbitrary code from the file)."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KdflowError(
+            f"{path} could not be loaded ({first_line}): rerun `dvc repro --force {produced_by}`"
+        ) from None

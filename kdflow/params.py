@@ -1,0 +1,144 @@
+"""The one schema for params.yaml. Every stage validates through ``load_params``.
+
+Kept free of TensorFlow so that a typo in params.yaml is reported in well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kdflow.errors import KdflowError
+
+DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
+
+
+class _Section(BaseModel):
+    # strict: no silent "0.5" -> 0.5 or true -> 1; forbid: a misspelt key is an error, not ignored.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    name: Literal[DATASETS] = "mnist5k"  # type: ignore[valid-type]
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataParams":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                "leaves too little training data: must be < 0.9"
+            )
+        return self
+
+
+class ArchSpec(_Section):
+    """A plain CNN/MLP: conv blocks (conv -> [batch-norm] -> relu -> max-pool), flatten,
+    dense layers with relu and dropout, then a Dense(num_classes) logits layer."""
+
+    conv_filters: list[int] = Field(default_factory=list)
+    kernel_size: int = Field(3, ge=1)
+    pool_size: int = Field(2, ge=1)
+    batch_norm: bool = False
+    dense_units: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> "ArchSpec":
+        for key in ("conv_filters", "dense_units"):
+            bad = [w for w in getattr(self, key) if w < 1]
+            if bad:
+                raise ValueError(f"{key} must be positive integers, got {bad}")
+        return self
+
+
+# The two reference workflows' models (see README), as specs: one builder serves all.
+PRESETS: dict[str, ArchSpec] = {
+    # Keras notebook (CIFAR-10): Conv12-Pool-Conv12-Pool-Dense10 / Conv12-Pool-Dense10.
+    "notebook_teacher": ArchSpec(conv_filters=[12, 12]),
+    "notebook_student": ArchSpec(conv_filters=[12]),
+    # KnowledgeDistilling repo (Fashion-MNIST): MLP 512-256-128 / MLP 128.
+    "repo_teacher": ArchSpec(dense_units=[512, 256, 128]),
+    "repo_student": ArchSpec(dense_units=[128]),
+}
+ARCHS = (*PRESETS, "spec")
+
+
+class ModelParams(_Section):
+    arch: Literal[ARCHS] = "spec"  # type: ignore[valid-type]
+    spec: Optional[ArchSpec] = None
+
+    @model_validator(mode="after")
+    def _spec_when_needed(self) -> "ModelParams":
+        if self.arch == "spec" and self.spec is None:
+            raise ValueError("arch 'spec' needs a 'spec' section (conv_filters, dense_units, ...)")
+        if self.arch != "spec" and self.spec is not None:
+            raise ValueError(f"arch '{self.arch}' is a preset: remove 'spec' or set arch: spec")
+        return self
+
+    def resolved_spec(self) -> ArchSpec:
+        return self.spec if self.arch == "spec" else PRESETS[self.arch]
+
+
+class TrainParams(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    # CosineDecay's `alpha`: the final learning rate as a fraction of the initial one.
+    lr_floor: float = Field(0.1, ge=0, le=1)
+    amsgrad: bool = False
+    # Epochs without val-loss improvement before stopping (best weights restored); null = off.
+    patience: Optional[int] = Field(5, ge=1)
+
+
+class Params(_Section):
+    seed: int = Field(42, ge=0, lt=2**31)
+    # Knowledge distillation: loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+    alpha: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0, le=1000)
+    data: DataParams = DataParams()
+    teacher: ModelParams
+    student: ModelParams
+    train_teacher: TrainParams = TrainParams()
+    train_student: TrainParams = TrainParams()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling; see README 'Params')"
+    if error["type"].startswith("model_") or error["type"] == "value_error":
+        return f"{key}: {message}"
+    return f"{key} = {error.get('input')!r}: {message}"
+
+
+def validate(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise KdflowError with one line per problem (first shown)."""
+    if not isinstance(raw, dict):
+        raise KdflowError(f"{source}: expected a mapping of params, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise KdflowError(f"{source}: {problems[0]}{more}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise KdflowError(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KdflowError(f"{path}: not valid YAML{where}") from None
+    return validate(raw, str(path))

@@ -1,0 +1,22 @@
+"""Stage `soft_targets`: run the teacher once over train/val -> data/soft_targets/logits.npz."""
+
+from kdflow.errors import run_stage
+from kdflow.params import load_params
+
+
+def main() -> None:
+    params = load_params()
+    from kdflow import repro, soft_targets
+    from kdflow.data import load_prepared
+    from kdflow.io import load_model
+
+    repro.make_deterministic(params.seed)
+    data = load_prepared(("train", "val"))
+    teacher = load_model("models/teacher.keras", produced_by="train_teacher")
+    logits = soft_targets.compute(teacher, data)
+    soft_targets.save(logits, data)
+    print(f"soft_targets: {', '.join(f'{k} {v.shape}' for k, v in logits.items())} -> {soft_targets.SOFT_TARGETS_PATH}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
