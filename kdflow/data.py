@@ -16,6 +16,7 @@ from kdflow.params import DataParams
 
 PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
+DOWNLOAD_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,23 @@ def _load_mnist5k() -> RawData:
 
 def _keras_loader(name: str) -> Callable[[], RawData]:
     def load() -> RawData:
+        import socket
+
         import keras
 
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a firewalled network should fail, not hang
         try:
             (x, y), (x_test, y_test) = getattr(keras.datasets, name).load_data()
         except Exception as exc:  # urllib/socket/OS errors differ by platform
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise KdflowError(
-                f"data.name={name}: download failed ({type(exc).__name__}). Without network, "
+                f"data.name={name}: download failed ({reason}). Without network, "
                 "use the embedded set (data.name: mnist5k), or place the Keras dataset file "
                 "in ~/.keras/datasets/ by hand"
             ) from None
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
         return RawData(
             _scale(x), y.reshape(-1).astype(np.int64), _scale(x_test), y_test.reshape(-1).astype(np.int64)
         )

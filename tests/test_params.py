@@ -1,0 +1,69 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, minimal_params
+from kdflow.errors import KdflowError
+from kdflow.params import PRESETS, load_params, validate
+
+
+def test_committed_params_yaml_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert 0 <= params.alpha <= 1 and params.temperature > 0
+
+
+def test_valid_minimal_params_and_defaults():
+    params = validate(minimal_params())
+    assert params.student.resolved_spec() == PRESETS["repo_student"]
+    assert params.teacher.resolved_spec().conv_filters == [8]
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"alpha": 1.5}, "alpha = 1.5: Input should be less than or equal to 1"),
+        ({"alpha": -0.1}, "alpha = -0.1: Input should be greater than or equal to 0"),
+        ({"temperature": 0}, "temperature = 0: Input should be greater than 0"),
+        ({"temperature": "4"}, "temperature = '4': Input should be a valid number"),
+        ({"seed": True}, "seed = True: Input should be a valid integer"),
+        ({"data": {"name": "imagenet"}}, "data.name = 'imagenet': Input should be 'mnist5k', 'mnist', 'fashion_mnist' or 'cifar10'"),
+        ({"student": {"arch": "resnet9000"}}, "student.arch = 'resnet9000': Input should be 'notebook_teacher'"),
+        ({"teacher": {"arch": "spec"}}, "teacher: arch 'spec' needs a 'spec' section"),
+        ({"train_student": {"epochs": 0}}, "train_student.epochs = 0: Input should be greater than or equal to 1"),
+        ({"train_student": {"epoch": 3}}, "train_student.epoch: unknown key"),
+        ({"data": {"val_fraction": 0.45, "test_fraction": 0.45}}, "data: val_fraction + test_fraction = 0.9"),
+    ],
+)
+def test_bad_params_give_one_line_naming_the_key(overrides, expected):
+    with pytest.raises(KdflowError) as info:
+        validate(minimal_params(**overrides))
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_missing_section_and_bad_files(tmp_path):
+    raw = minimal_params()
+    del raw["student"]
+    with pytest.raises(KdflowError, match="student: required key is missing"):
+        validate(raw)
+    with pytest.raises(KdflowError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "params.yaml"
+    broken.write_text("alpha: [0.1\n")
+    with pytest.raises(KdflowError, match="not valid YAML"):
+        load_params(broken)
+    broken.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(KdflowError, match="expected a mapping"):
+        load_params(broken)
+
+
+def test_param_validation_does_not_import_tensorflow():
+    code = (
+        "import sys; from kdflow.params import load_params; load_params('params.yaml');"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
