@@ -1,27 +1,33 @@
-"""Training losses and metrics on *packed targets*.
+"""Training losses and metrics on *packed targets*, and the registry of distillation methods.
 
 One training loop (``keras.Model.fit``) serves the teacher, the scratch student and the
 distilled student because every loss takes the same ``targets`` tensor: column 0 holds the
 class id, and for distillation columns 1.. hold the cached teacher logits. Keras' own fit
 loop, callbacks and compiled step are then used unchanged, and the teacher never runs.
 
-Distillation methods live in ``METHODS``: a method is a factory returning a loss function
-(plus the extra metrics worth logging); adding one is a function and one registry line.
+Every distillation method is a *soft term* ``(labels, teacher_logits, student_logits) ->
+per-sample loss``; the pipeline mixes it with the labels as
+``alpha * CE + (1 - alpha) * warmup(epoch) * soft_term``. Adding a method = one term function
+and one line in ``METHODS``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+import keras
+import numpy as np
 import tensorflow as tf
 
+from kdflow.params import Params
+
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+SoftTerm = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def pack_targets(labels, teacher_logits=None):
+def pack_targets(labels, teacher_logits=None) -> np.ndarray:
     """Build the packed targets array (NumPy) that every loss here reads."""
-    import numpy as np
-
     column = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
     if teacher_logits is None:
         return column
@@ -42,6 +48,9 @@ def accuracy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.equal(predicted, _labels(targets)), tf.float32)
 
 
+# ---- soft terms: one function per published method --------------------------------------
+
+
 def soft_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float) -> tf.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)) per sample (Hinton et al. 2015).
 
@@ -53,18 +62,108 @@ def soft_kl(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: f
     return (temperature**2) * kl
 
 
-def kd(alpha: float, temperature: float) -> tuple[LossFn, list[LossFn]]:
-    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)."""
+def kd_term(temperature: float) -> SoftTerm:
+    """Hinton et al. 2015: T^2 * KL on temperature-softened distributions."""
+    return lambda labels, teacher, student: soft_kl(teacher, student, temperature)
+
+
+def dkd_term(temperature: float, alpha: float, beta: float) -> SoftTerm:
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD, both x T^2.
+
+    TCKD is the KL between the binary (target, not-target) distributions; NCKD the KL between
+    the distributions over the non-target classes only.
+    """
+
+    def term(labels, teacher, student):
+        gt = tf.one_hot(labels, tf.shape(student)[-1], dtype=student.dtype)
+        p_t = tf.nn.softmax(teacher / temperature)
+        p_s = tf.nn.softmax(student / temperature)
+        eps = 1e-12
+        b_t = tf.stack([tf.reduce_sum(p_t * gt, -1), tf.reduce_sum(p_t * (1 - gt), -1)], -1)
+        b_s = tf.stack([tf.reduce_sum(p_s * gt, -1), tf.reduce_sum(p_s * (1 - gt), -1)], -1)
+        tckd = tf.reduce_sum(b_t * (tf.math.log(b_t + eps) - tf.math.log(b_s + eps)), -1)
+        # Mask the target class out with a large negative logit, as the published code does.
+        nt_log_t = tf.nn.log_softmax(teacher / temperature - 1000.0 * gt)
+        nt_log_s = tf.nn.log_softmax(student / temperature - 1000.0 * gt)
+        nckd = tf.reduce_sum(tf.exp(nt_log_t) * (nt_log_t - nt_log_s) * (1 - gt), -1)
+        return (alpha * tckd + beta * nckd) * temperature**2
+
+    return term
+
+
+def standardize(logits: tf.Tensor, eps: float = 1e-7) -> tf.Tensor:
+    """Z-score each logit vector (Sun et al., CVPR 2024)."""
+    mean = tf.reduce_mean(logits, axis=-1, keepdims=True)
+    std = tf.math.reduce_std(logits, axis=-1, keepdims=True)
+    return (logits - mean) / (std + eps)
+
+
+def lskd_term(temperature: float) -> SoftTerm:
+    """KD on z-score standardised logits, with `temperature` as the base temperature."""
+    return lambda labels, teacher, student: soft_kl(standardize(teacher), standardize(student), temperature)
+
+
+def _pearson_rows(a: tf.Tensor, b: tf.Tensor, eps: float = 1e-8) -> tf.Tensor:
+    a = a - tf.reduce_mean(a, axis=-1, keepdims=True)
+    b = b - tf.reduce_mean(b, axis=-1, keepdims=True)
+    return tf.reduce_sum(a * b, -1) / (tf.norm(a, axis=-1) * tf.norm(b, axis=-1) + eps)
+
+
+def dist_term(temperature: float, beta: float, gamma: float) -> SoftTerm:
+    """DIST (Huang et al., 2022): beta * (1 - Pearson per sample) + gamma * (1 - Pearson per
+    class over the batch), on softmax(z / tau), x tau^2. The intra-class part is a batch
+    statistic, broadcast to every sample so the batch mean equals the published loss."""
+
+    def term(labels, teacher, student):
+        y_t = tf.nn.softmax(teacher / temperature)
+        y_s = tf.nn.softmax(student / temperature)
+        inter = 1.0 - _pearson_rows(y_s, y_t)
+        intra = 1.0 - tf.reduce_mean(_pearson_rows(tf.transpose(y_s), tf.transpose(y_t)))
+        return temperature**2 * (beta * inter + gamma * intra)
+
+    return term
+
+
+def mse_term() -> SoftTerm:
+    """Logit regression (Ba & Caruana 2014): mean squared difference of the logits."""
+    return lambda labels, teacher, student: tf.reduce_mean(tf.square(student - teacher), axis=-1)
+
+
+@dataclass(frozen=True)
+class Method:
+    term: SoftTerm
+    warmup_epochs: int = 0  # the soft term's weight ramps linearly from 1/warmup to 1
+
+
+METHODS: dict[str, Callable[[Params], Method]] = {
+    "kd": lambda p: Method(kd_term(p.temperature)),
+    "dkd": lambda p: Method(dkd_term(p.temperature, p.dkd.alpha, p.dkd.beta), p.dkd.warmup_epochs),
+    "lskd": lambda p: Method(lskd_term(p.temperature)),
+    "dist": lambda p: Method(dist_term(p.temperature, p.dist.beta, p.dist.gamma)),
+    "mse": lambda p: Method(mse_term()),
+}
+
+
+class _Warmup(keras.callbacks.Callback):
+    def __init__(self, weight: tf.Variable, epochs: int):
+        super().__init__()
+        self.weight, self.epochs = weight, epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.weight.assign(min((epoch + 1) / self.epochs, 1.0))
+
+
+def distillation_loss(params: Params) -> tuple[LossFn, list[LossFn], list[keras.callbacks.Callback]]:
+    """The distill stage's loss, its extra logged metric (the raw soft term) and callbacks."""
+    method = METHODS[params.distill.method](params)
+    alpha = params.alpha
+    weight = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="soft_term_weight")
+    callbacks = [_Warmup(weight, method.warmup_epochs)] if method.warmup_epochs else []
 
     def soft_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        return soft_kl(targets[:, 1:], logits, temperature)
+        return method.term(_labels(targets), targets[:, 1:], logits)
 
     def kd_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        return alpha * hard_ce(targets, logits) + (1.0 - alpha) * soft_loss(targets, logits)
+        return alpha * hard_ce(targets, logits) + (1.0 - alpha) * weight * soft_loss(targets, logits)
 
-    return kd_loss, [soft_loss]
-
-
-METHODS: dict[str, Callable[..., tuple[LossFn, list[LossFn]]]] = {
-    "kd": kd,
-}
+    return kd_loss, [soft_loss], callbacks

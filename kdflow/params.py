@@ -95,8 +95,33 @@ class TrainParams(_Section):
     patience: Optional[int] = Field(5, ge=1)
 
 
+METHODS = ("kd", "dkd", "lskd", "dist", "mse")
+
+
+class DistillParams(_Section):
+    method: Literal[METHODS] = "kd"  # type: ignore[valid-type]
+
+
+class DkdParams(_Section):
+    """Decoupled KD (Zhao et al. 2022): weights of the target / non-target class terms."""
+
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    # The soft term's weight ramps up linearly over the first epochs (0 = no warm-up).
+    warmup_epochs: int = Field(5, ge=0)
+
+
+class DistParams(_Section):
+    """DIST (Huang et al. 2022): weights of the inter-class and intra-class relation terms."""
+
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+
+
 class Params(_Section):
     seed: int = Field(42, ge=0, lt=2**31)
+    # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
+    repeats: int = Field(3, ge=1, le=100)
     # Knowledge distillation: loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(4.0, gt=0, le=1000)
@@ -105,6 +130,9 @@ class Params(_Section):
     student: ModelParams
     train_teacher: TrainParams = TrainParams()
     train_student: TrainParams = TrainParams()
+    distill: DistillParams = DistillParams()
+    dkd: DkdParams = DkdParams()
+    dist: DistParams = DistParams()
 
 
 def _describe(error: dict[str, Any]) -> str:

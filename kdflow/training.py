@@ -49,6 +49,7 @@ def fit(
     loss: LossFn,
     seed: int,
     extra_metrics: list[Callable] = (),
+    extra_callbacks: list[keras.callbacks.Callback] = (),
     config_key: str = "train",
 ) -> dict:
     """Train ``model`` in place on packed targets; return a summary of the kept epoch."""
@@ -62,7 +63,7 @@ def fit(
         loss=loss,
         metrics=[accuracy, hard_ce, *extra_metrics],
     )
-    callbacks: list[keras.callbacks.Callback] = [_StopOnNaN()]
+    callbacks: list[keras.callbacks.Callback] = [_StopOnNaN(), *extra_callbacks]
     if cfg.patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(

@@ -1,4 +1,8 @@
-"""Stage `distill`: train the student on labels + cached teacher logits -> models/student_distilled.keras."""
+"""Stage `distill`: train `repeats` students on labels + cached teacher logits.
+
+Writes models/student_distilled.keras (repeat 0), models/student_distilled_repeats/ and
+metrics/distill.json.
+"""
 
 from kdflow.errors import run_stage
 from kdflow.params import load_params
@@ -6,15 +10,16 @@ from kdflow.params import load_params
 
 def main() -> None:
     params = load_params()
-    from kdflow import recipes, soft_targets
+    from kdflow import artifacts, recipes, soft_targets
     from kdflow.data import load_prepared
-    from kdflow.io import save_model, write_json
+    from kdflow.io import write_json
 
     data = load_prepared(("train", "val"))
-    model, summary = recipes.train_student(params, data, soft_targets.load(data))
-    save_model("models/student_distilled.keras", model)
+    students = recipes.train_students(params, data, soft_targets.load(data))
+    summary = artifacts.save_students("student_distilled", students)
     write_json("metrics/distill.json", summary)
-    print(f"distill: val_accuracy={summary['val_accuracy']:.4f} -> models/student_distilled.keras")
+    print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "
+          f"over {params.repeats} repeats -> models/student_distilled*")
 
 
 if __name__ == "__main__":

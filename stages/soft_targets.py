@@ -6,13 +6,13 @@ from kdflow.params import load_params
 
 def main() -> None:
     params = load_params()
-    from kdflow import repro, soft_targets
+    from kdflow import artifacts, repro, soft_targets
     from kdflow.data import load_prepared
     from kdflow.io import load_model
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("train", "val"))
-    teacher = load_model("models/teacher.keras", produced_by="train_teacher")
+    teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher")
     logits = soft_targets.compute(teacher, data)
     soft_targets.save(logits, data)
     print(f"soft_targets: {', '.join(f'{k} {v.shape}' for k, v in logits.items())} -> {soft_targets.SOFT_TARGETS_PATH}")

@@ -10,14 +10,19 @@ from kdflow.params import TrainParams, validate
 from kdflow.training import fit
 
 
+def only(students):
+    (model, summary), = list(students)
+    return model, summary
+
+
 def test_students_are_paired_and_training_is_reproducible():
-    params = validate(minimal_params())
+    params = validate(minimal_params(repeats=1))
     data = make_prepared()
     logits = {s: np.random.default_rng(0).normal(size=(len(data.xy(s)[1]), 3)).astype("float32")
               for s in ("train", "val")}
-    scratch_a, summary_a = recipes.train_student(params, data)
-    scratch_b, summary_b = recipes.train_student(params, data)
-    distilled, summary_d = recipes.train_student(params, data, logits)
+    scratch_a, summary_a = only(recipes.train_students(params, data))
+    scratch_b, summary_b = only(recipes.train_students(params, data))
+    distilled, summary_d = only(recipes.train_students(params, data, logits))
     # Same seed => identical weights, bit for bit.
     for wa, wb in zip(scratch_a.get_weights(), scratch_b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
@@ -30,14 +35,18 @@ def test_students_are_paired_and_training_is_reproducible():
 
 
 def test_paired_students_start_from_the_same_weights():
-    params = validate(minimal_params(train_student={"epochs": 1, "learning_rate": 1e-9, "lr_floor": 1.0,
-                                                    "patience": None}))
+    params = validate(minimal_params(repeats=2, train_student={"epochs": 1, "learning_rate": 1e-9,
+                                                               "lr_floor": 1.0, "patience": None}))
     data = make_prepared()
     logits = {s: np.zeros((len(data.xy(s)[1]), 3), "float32") for s in ("train", "val")}
-    scratch, _ = recipes.train_student(params, data)
-    distilled, _ = recipes.train_student(params, data, logits)
-    for ws, wd in zip(scratch.get_weights(), distilled.get_weights()):
-        np.testing.assert_allclose(ws, wd, atol=1e-6)  # lr ~ 0: both are still their shared init
+    scratch = [m.get_weights() for m, _ in recipes.train_students(params, data)]
+    distilled = [m.get_weights() for m, _ in recipes.train_students(params, data, logits)]
+    assert len(scratch) == len(distilled) == 2
+    for pair_s, pair_d in zip(scratch, distilled):
+        for ws, wd in zip(pair_s, pair_d):
+            np.testing.assert_allclose(ws, wd, atol=1e-6)  # lr ~ 0: both are still their shared init
+    # ...while different repeats start from different weights (seed + i).
+    assert not np.allclose(scratch[0][0], scratch[1][0])
 
 
 def test_teacher_learns_and_early_stopping_restores_the_best_epoch():

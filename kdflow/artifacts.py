@@ -1,0 +1,56 @@
+"""Where each model lives, and saving/loading the repeated students as one unit."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from kdflow.errors import KdflowError
+from kdflow.io import atomic_path, load_model, save_model
+
+MODELS = Path("models")
+# role -> the stage that produces it (named in "run `dvc repro <stage>`" messages)
+PRODUCED_BY = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch"}
+
+
+def model_path(role: str) -> Path:
+    """The model to use/ship: the teacher, or a student's repeat 0."""
+    return MODELS / f"{role}.keras"
+
+
+def repeats_dir(role: str) -> Path:
+    return MODELS / f"{role}_repeats"
+
+
+def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
+    """Save every repeat to ``models/<role>_repeats/repeat_<i>.keras`` (swapped in as a whole
+    when all are trained) and repeat 0 to ``models/<role>.keras``; return the metrics summary."""
+    final = repeats_dir(role)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    summaries = {}
+    try:
+        for i, (model, summary) in enumerate(students):
+            save_model(staging / f"repeat_{i}.keras", model)
+            summaries[f"repeat_{i}"] = summary
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left if something failed
+    with atomic_path(model_path(role)) as tmp:
+        shutil.copyfile(final / "repeat_0.keras", tmp)
+    val_acc = [s["val_accuracy"] for s in summaries.values()]
+    return {**summaries, "val_accuracy_mean": round(float(np.mean(val_acc)), 6)}
+
+
+def load_students(role: str) -> list:
+    folder = repeats_dir(role)
+    files = sorted(folder.glob("repeat_*.keras"), key=lambda p: int(p.stem.split("_")[1]))
+    if not files:
+        raise KdflowError(f"{folder} holds no models: run `dvc repro {PRODUCED_BY[role]}` first")
+    return [load_model(f, produced_by=PRODUCED_BY[role]) for f in files]
