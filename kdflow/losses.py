@@ -9,6 +9,10 @@ Every distillation method is a *soft term* ``(labels, teacher_logits, student_lo
 per-sample loss``; the pipeline mixes it with the labels as
 ``alpha * CE + (1 - alpha) * warmup(epoch) * soft_term``. Adding a method = one term function
 and one line in ``METHODS``.
+
+A method may also add a feature *hint* (FitNets): then the targets carry the teacher's cached
+features after its logits, and the student's training model outputs a learned projection of
+its hint layer after its logits (see ``kdflow.recipes``).
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 SoftTerm = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def pack_targets(labels, teacher_logits=None) -> np.ndarray:
-    """Build the packed targets array (NumPy) that every loss here reads."""
-    column = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
-    if teacher_logits is None:
-        return column
-    return np.concatenate([column, np.asarray(teacher_logits, dtype=np.float32)], axis=1)
+def pack_targets(labels, teacher_logits=None, teacher_features=None) -> np.ndarray:
+    """Build the packed targets array (NumPy) that every loss here reads:
+    [class id | teacher logits (distillation) | teacher hint features (FitNets)]."""
+    parts = [np.asarray(labels, dtype=np.float32).reshape(-1, 1)]
+    for extra in (teacher_logits, teacher_features):
+        if extra is not None:
+            parts.append(np.asarray(extra, dtype=np.float32).reshape(len(parts[0]), -1))
+    return np.concatenate(parts, axis=1)
 
 
 def _labels(targets: tf.Tensor) -> tf.Tensor:
@@ -129,10 +135,17 @@ def mse_term() -> SoftTerm:
     return lambda labels, teacher, student: tf.reduce_mean(tf.square(student - teacher), axis=-1)
 
 
+def hint_mse(teacher_features: tf.Tensor, projected_student_features: tf.Tensor) -> tf.Tensor:
+    """FitNets (Romero et al. 2015): MSE between the teacher's hint layer and the learned
+    projection of the student's guided layer, per sample."""
+    return tf.reduce_mean(tf.square(projected_student_features - teacher_features), axis=-1)
+
+
 @dataclass(frozen=True)
 class Method:
     term: SoftTerm
     warmup_epochs: int = 0  # the soft term's weight ramps linearly from 1/warmup to 1
+    hint_weight: float = 0.0  # > 0: add a FitNets feature hint (teacher features needed)
 
 
 METHODS: dict[str, Callable[[Params], Method]] = {
@@ -141,7 +154,9 @@ METHODS: dict[str, Callable[[Params], Method]] = {
     "lskd": lambda p: Method(lskd_term(p.temperature)),
     "dist": lambda p: Method(dist_term(p.temperature, p.dist.beta, p.dist.gamma)),
     "mse": lambda p: Method(mse_term()),
+    "fitnet": lambda p: Method(kd_term(p.temperature), hint_weight=p.fitnet.weight),
 }
+
 
 
 class _Warmup(keras.callbacks.Callback):
@@ -153,17 +168,41 @@ class _Warmup(keras.callbacks.Callback):
         self.weight.assign(min((epoch + 1) / self.epochs, 1.0))
 
 
-def distillation_loss(params: Params) -> tuple[LossFn, list[LossFn], list[keras.callbacks.Callback]]:
-    """The distill stage's loss, its extra logged metric (the raw soft term) and callbacks."""
+def _on_logits(metric: LossFn, k: int) -> LossFn:
+    """The metric applied to the logits part of ``[logits | projected hint]`` outputs."""
+
+    def on_logits(targets, outputs):
+        return metric(targets, outputs[:, :k])
+
+    on_logits.__name__ = metric.__name__  # keeps the logged names: accuracy, hard_ce
+    return on_logits
+
+
+def distillation_loss(
+    params: Params, num_classes: int
+) -> tuple[LossFn, list[LossFn], list[keras.callbacks.Callback]]:
+    """The distill stage's loss, its logged metrics and its callbacks.
+
+    Outputs are ``[logits | projected hint]`` and targets ``[label | teacher logits | teacher
+    features]``; without a hint both end after the logits, and the slices below are no-ops.
+    """
     method = METHODS[params.distill.method](params)
-    alpha = params.alpha
+    alpha, k = params.alpha, num_classes
     weight = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="soft_term_weight")
     callbacks = [_Warmup(weight, method.warmup_epochs)] if method.warmup_epochs else []
 
-    def soft_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        return method.term(_labels(targets), targets[:, 1:], logits)
+    def soft_loss(targets: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        return method.term(_labels(targets), targets[:, 1 : 1 + k], outputs[:, :k])
 
-    def kd_loss(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        return alpha * hard_ce(targets, logits) + (1.0 - alpha) * weight * soft_loss(targets, logits)
+    def hint_loss(targets: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        return hint_mse(targets[:, 1 + k :], outputs[:, k:])
 
-    return kd_loss, [soft_loss], callbacks
+    def kd_loss(targets: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+        loss = alpha * hard_ce(targets, outputs[:, :k]) + (1.0 - alpha) * weight * soft_loss(targets, outputs)
+        if method.hint_weight:
+            loss += method.hint_weight * hint_loss(targets, outputs)
+        return loss
+
+    metrics = [_on_logits(accuracy, k), _on_logits(hard_ce, k), soft_loss]
+    metrics += [hint_loss] if params.distill.needs_teacher_features else []
+    return kd_loss, metrics, callbacks

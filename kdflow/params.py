@@ -95,11 +95,17 @@ class TrainParams(_Section):
     patience: Optional[int] = Field(5, ge=1)
 
 
-METHODS = ("kd", "dkd", "lskd", "dist", "mse")
+METHODS = ("kd", "dkd", "lskd", "dist", "mse", "fitnet")
+# Methods that need the teacher's intermediate features (cached by `soft_targets`).
+FEATURE_METHODS = ("fitnet",)
 
 
 class DistillParams(_Section):
     method: Literal[METHODS] = "kd"  # type: ignore[valid-type]
+
+    @property
+    def needs_teacher_features(self) -> bool:
+        return self.method in FEATURE_METHODS
 
 
 class DkdParams(_Section):
@@ -118,6 +124,16 @@ class DistParams(_Section):
     gamma: float = Field(1.0, ge=0)
 
 
+class FitnetParams(_Section):
+    """FitNets hint (Romero et al. 2015), used when distill.method = fitnet: the student layer's
+    output goes through a learned linear projection and is regressed (MSE) onto the teacher
+    layer's output; the term is added to the KD loss."""
+
+    teacher_layer: str = "dense0"
+    student_layer: str = "flatten"
+    weight: float = Field(1.0, ge=0)
+
+
 class Params(_Section):
     seed: int = Field(42, ge=0, lt=2**31)
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
@@ -133,6 +149,7 @@ class Params(_Section):
     distill: DistillParams = DistillParams()
     dkd: DkdParams = DkdParams()
     dist: DistParams = DistParams()
+    fitnet: FitnetParams = FitnetParams()
 
 
 def _describe(error: dict[str, Any]) -> str:

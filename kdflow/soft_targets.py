@@ -1,4 +1,9 @@
-"""The teacher's cached logits: computed once by `soft_targets`, read by `distill`."""
+"""The teacher's cached outputs: computed once by `soft_targets`, read by `distill`.
+
+Always the logits on train and val; for feature-hint methods (FitNets) also the flattened
+output of the teacher's hint layer. There is no data augmentation, so the cache is exactly
+what the teacher would produce online.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +19,45 @@ SOFT_TARGETS_PATH = Path("data/soft_targets/logits.npz")
 SPLITS = ("train", "val")
 
 
-def compute(teacher, data: Prepared) -> dict[str, np.ndarray]:
+def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[str, np.ndarray]:
     """Run the teacher once (inference mode: no dropout) over the train and val splits."""
-    return {
-        name: teacher.predict(data.xy(name)[0], batch_size=512, verbose=0).astype(np.float32)
-        for name in SPLITS
-    }
+    import keras
+
+    outputs = [teacher.outputs[0]]
+    if feature_layer is not None:
+        try:
+            feature = teacher.get_layer(feature_layer).output
+        except ValueError:
+            names = ", ".join(layer.name for layer in teacher.layers)
+            raise KdflowError(f"fitnet.teacher_layer = {feature_layer!r} is not a teacher layer; it has: {names}") from None
+        outputs.append(keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature)
+    extractor = keras.Model(teacher.inputs, outputs)
+    cache = {}
+    for name in SPLITS:
+        result = extractor.predict(data.xy(name)[0], batch_size=512, verbose=0)
+        result = result if isinstance(result, list) else [result]
+        cache[name] = result[0].astype(np.float32)
+        if feature_layer is not None:
+            cache[f"{name}_features"] = result[1].astype(np.float32)
+    return cache
 
 
-def save(logits: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS_PATH) -> None:
+def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS_PATH) -> None:
     # The data hash ties the cache to the exact prepared data it was computed on.
-    save_npz(path, data_hash=np.array(data.meta["content_hash"]), **logits)
+    save_npz(path, data_hash=np.array(data.meta["content_hash"]), **cache)
 
 
-def load(data: Prepared, path: Path = SOFT_TARGETS_PATH) -> dict[str, np.ndarray]:
-    arrays = load_npz(path, ("data_hash", *SPLITS), produced_by="soft_targets")
+def load(data: Prepared, with_features: bool = False, path: Path = SOFT_TARGETS_PATH) -> dict[str, np.ndarray]:
+    feature_keys = tuple(f"{s}_features" for s in SPLITS) if with_features else ()
     rerun = "rerun `dvc repro soft_targets`"
+    arrays = load_npz(path, ("data_hash", *SPLITS), produced_by="soft_targets")
     if str(arrays.pop("data_hash")) != data.meta["content_hash"]:
         raise KdflowError(f"{path} was computed on other prepared data: {rerun}")
+    if feature_keys:
+        try:
+            arrays.update(load_npz(path, feature_keys, produced_by="soft_targets"))
+        except KdflowError:
+            raise KdflowError(f"{path} holds no teacher features (needed by fitnet): {rerun}") from None
     for name in SPLITS:
         expected = (len(data.xy(name)[1]), data.num_classes)
         if arrays[name].shape != expected:

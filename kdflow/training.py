@@ -48,11 +48,14 @@ def fit(
     cfg: TrainParams,
     loss: LossFn,
     seed: int,
-    extra_metrics: list[Callable] = (),
+    metrics: list[Callable] | None = None,
     extra_callbacks: list[keras.callbacks.Callback] = (),
     config_key: str = "train",
 ) -> dict:
-    """Train ``model`` in place on packed targets; return a summary of the kept epoch."""
+    """Train ``model`` in place on packed targets; return a summary of the kept epoch.
+
+    ``metrics`` default to accuracy and hard-label cross-entropy (``hard_ce``, which early
+    stopping watches on the validation split)."""
     x_train, t_train = train
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -61,7 +64,7 @@ def fit(
     model.compile(
         optimizer=keras.optimizers.Adam(schedule, amsgrad=cfg.amsgrad),
         loss=loss,
-        metrics=[accuracy, hard_ce, *extra_metrics],
+        metrics=metrics or [accuracy, hard_ce],  # early stopping needs hard_ce among them
     )
     callbacks: list[keras.callbacks.Callback] = [_StopOnNaN(), *extra_callbacks]
     if cfg.patience is not None:

@@ -15,7 +15,8 @@ def main() -> None:
     from kdflow.io import write_json
 
     data = load_prepared(("train", "val"))
-    students = recipes.train_students(params, data, soft_targets.load(data))
+    cache = soft_targets.load(data, with_features=params.distill.needs_teacher_features)
+    students = recipes.train_students(params, data, cache)
     summary = artifacts.save_students("student_distilled", students)
     write_json("metrics/distill.json", summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "

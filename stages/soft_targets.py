@@ -13,9 +13,10 @@ def main() -> None:
     repro.make_deterministic(params.seed)
     data = load_prepared(("train", "val"))
     teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher")
-    logits = soft_targets.compute(teacher, data)
-    soft_targets.save(logits, data)
-    print(f"soft_targets: {', '.join(f'{k} {v.shape}' for k, v in logits.items())} -> {soft_targets.SOFT_TARGETS_PATH}")
+    feature_layer = params.fitnet.teacher_layer if params.distill.needs_teacher_features else None
+    cache = soft_targets.compute(teacher, data, feature_layer)
+    soft_targets.save(cache, data)
+    print(f"soft_targets: {', '.join(f'{k} {v.shape}' for k, v in cache.items())} -> {soft_targets.SOFT_TARGETS_PATH}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from kdflow.params import validate
 
 
 def kd_loss_for(alpha, temperature):
-    loss, _, _ = distillation_loss(validate(minimal_params(alpha=alpha, temperature=temperature)))
+    loss, _, _ = distillation_loss(validate(minimal_params(alpha=alpha, temperature=temperature)), 5)
     return loss
 
 
@@ -165,21 +165,37 @@ def test_mse_matches_numpy_reference(batch):
     np.testing.assert_allclose(got, ((batch[2] - batch[1]) ** 2).mean(1), rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd", "lskd", "dist", "mse"])
+@pytest.mark.parametrize("method", ["kd", "dkd", "lskd", "dist", "mse", "fitnet"])
 def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, method):
     labels, teacher, student = batch
     params = validate(minimal_params(alpha=0.3, distill={"method": method}))
-    loss, (soft,), callbacks = distillation_loss(params)
-    targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
-    want = 0.3 * hard_ce(targets, logits) + 0.7 * soft(targets, logits)
-    np.testing.assert_allclose(loss(targets, logits), want, rtol=1e-5)
+    loss, metrics, callbacks = distillation_loss(params, 5)
+    names = [m.__name__ for m in metrics]
+    assert names[:3] == ["accuracy", "hard_ce", "soft_loss"]
+    soft = metrics[2]
+    if method == "fitnet":  # [logits | hint] outputs against [label | logits | features] targets
+        rng = np.random.default_rng(1)
+        t_feat, s_proj = rng.normal(size=(16, 7)), rng.normal(size=(16, 7))
+        targets = tf.constant(pack_targets(labels, teacher, t_feat))
+        outputs = tf.constant(np.concatenate([student, s_proj], 1), tf.float32)
+        hint = ((s_proj - t_feat) ** 2).mean(1)
+        assert names[3] == "hint_loss"
+        np.testing.assert_allclose(metrics[3](targets, outputs), hint, rtol=1e-5)
+        np.testing.assert_allclose(soft(targets, outputs), np_kd_loss(labels, teacher, student, 0.0, 4.0), rtol=1e-4)
+    else:
+        targets, outputs = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
+        hint = 0.0
+    logits = outputs[:, :5]
+    want = 0.3 * hard_ce(targets, logits) + 0.7 * soft(targets, outputs) + hint
+    np.testing.assert_allclose(loss(targets, outputs), want, rtol=1e-5)
+    np.testing.assert_allclose(metrics[0](targets, outputs), accuracy(targets, logits))
     assert bool(callbacks) == (method == "dkd")  # only DKD publishes a warm-up
 
 
 def test_dkd_warmup_ramps_the_soft_term(batch):
     labels, teacher, student = batch
     params = validate(minimal_params(alpha=0.0, distill={"method": "dkd"}, dkd={"warmup_epochs": 4}))
-    loss, (soft,), (warmup,) = distillation_loss(params)
+    loss, (_, _, soft), (warmup,) = distillation_loss(params, 5)
     targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
     full = soft(targets, logits).numpy()
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)]:

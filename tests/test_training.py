@@ -75,3 +75,33 @@ def test_divergence_stops_with_a_clear_error():
     with pytest.raises(KdflowError, match=r"train_student.learning_rate=0.001: training diverged"):
         fit(model, (x, pack_targets(y)), (x, pack_targets(y)), TrainParams(epochs=3, learning_rate=1e-3),
             loss=exploding, seed=0, config_key="train_student")
+
+
+def test_fitnet_trains_through_a_projection_and_ships_the_plain_student(in_tmp):
+    from kdflow import soft_targets
+    from kdflow.io import load_model, save_model
+
+    params = validate(minimal_params(repeats=1, distill={"method": "fitnet"},
+                                     fitnet={"teacher_layer": "dense0", "student_layer": "dense0"}))
+    data = make_prepared()
+    teacher, _ = recipes.train_teacher(params, data)
+    cache = soft_targets.compute(teacher, data, feature_layer="dense0")
+    assert cache["train_features"].shape == (len(data.xy("train")[1]), 32)  # teacher dense_units [32]
+    student, summary = only(recipes.train_students(params, data, cache))
+    assert "hint_loss" in summary and "val_hint_loss" in summary
+    assert student.output_shape == (None, 3)  # the projection is not part of the student
+    save_model("s.keras", student)
+    assert "hint_projection" not in [layer.name for layer in load_model("s.keras", produced_by="distill").layers]
+
+
+def test_fitnet_bad_layer_names_are_clear_errors():
+    from kdflow import soft_targets
+
+    data = make_prepared()
+    params = validate(minimal_params(repeats=1, distill={"method": "fitnet"}, fitnet={"student_layer": "nope"}))
+    teacher, _ = recipes.train_teacher(validate(minimal_params(train_teacher={"epochs": 1})), data)
+    with pytest.raises(KdflowError, match=r"fitnet.teacher_layer = 'conv9' is not a teacher layer; it has: .*dense0"):
+        soft_targets.compute(teacher, data, feature_layer="conv9")
+    cache = soft_targets.compute(teacher, data, feature_layer="dense0")
+    with pytest.raises(KdflowError, match=r"fitnet.student_layer = 'nope' is not a student layer"):
+        only(recipes.train_students(params, data, cache))
