@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from kdflow.errors import KdflowError
-from kdflow.io import atomic_path, load_model, save_model
+from kdflow.io import atomic_dir, atomic_path, load_model, save_model
 
 MODELS = Path("models")
 # role -> the stage that produces it (named in "run `dvc repro <stage>`" messages)
@@ -26,24 +25,20 @@ def repeats_dir(role: str) -> Path:
     return MODELS / f"{role}_repeats"
 
 
+def repeat_path(role: str, repeat: int) -> Path:
+    return repeats_dir(role) / f"repeat_{repeat}.keras"
+
+
 def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
     """Save every repeat to ``models/<role>_repeats/repeat_<i>.keras`` (swapped in as a whole
     when all are trained) and repeat 0 to ``models/<role>.keras``; return the metrics summary."""
-    final = repeats_dir(role)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     summaries = {}
-    try:
+    with atomic_dir(repeats_dir(role)) as staging:
         for i, (model, summary) in enumerate(students):
-            save_model(staging / f"repeat_{i}.keras", model)
+            save_model(staging / repeat_path(role, i).name, model)
             summaries[f"repeat_{i}"] = summary
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # only left if something failed
     with atomic_path(model_path(role)) as tmp:
-        shutil.copyfile(final / "repeat_0.keras", tmp)
+        shutil.copyfile(repeat_path(role, 0), tmp)
     val_acc = [s["val_accuracy"] for s in summaries.values()]
     return {**summaries, "val_accuracy_mean": round(float(np.mean(val_acc)), 6)}
 

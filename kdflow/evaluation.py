@@ -3,38 +3,107 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import keras
 import numpy as np
 from scipy import stats
 from scipy.special import softmax
-from sklearn.metrics import accuracy_score, log_loss
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
+
+ECE_BINS = 15
 
 
 def _r(value: float) -> float:
     return round(float(value), 6)
 
 
-def evaluate_model(model: keras.Model, x: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, cross-entropy loss and parameter count of a logits model on (x, y)."""
-    logits = model.predict(x, batch_size=512, verbose=0).astype(np.float64)
-    return {
-        "accuracy": _r(accuracy_score(y, logits.argmax(axis=1))),
-        "loss": _r(log_loss(y, softmax(logits, axis=1), labels=range(num_classes))),
-        "params": int(model.count_params()),
+def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    # Plain calls rather than model.predict: predict compiles a new function per model, which
+    # for a dozen models costs time and floods the log with retracing warnings.
+    parts = [keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))
+             for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def calibration_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Equal-width confidence bins of the top-1 prediction: count, mean confidence, accuracy.
+
+    Written here because scikit-learn's calibration_curve is for binary problems only."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    index = np.minimum((confidence * bins).astype(int), bins - 1)  # confidence 1.0 -> last bin
+    out = []
+    for b in range(bins):
+        mask = index == b
+        n = int(mask.sum())
+        out.append({"lower": b / bins, "upper": (b + 1) / bins, "count": n,
+                    "confidence": float(confidence[mask].mean()) if n else None,
+                    "accuracy": float(correct[mask].mean()) if n else None})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al. 2017): sum over bins of |accuracy - confidence| weighted by bin size."""
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"])
+                     for b in calibration_bins(probs, y, bins) if b["count"]) / len(y))
+
+
+def evaluate_logits(logits: np.ndarray, y: np.ndarray, class_names: list[str],
+                    teacher_logits: np.ndarray | None = None) -> dict:
+    """Accuracy, negative log-likelihood, ECE and per-class accuracy of logits on labels y;
+    with ``teacher_logits``, also the share of samples where the top-1 class matches the teacher's."""
+    num_classes = len(class_names)
+    probs = softmax(logits, axis=1)
+    predicted = logits.argmax(axis=1)
+    matrix = confusion_matrix(y, predicted, labels=range(num_classes))
+    per_class = matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+    result = {
+        "accuracy": _r(accuracy_score(y, predicted)),
+        "loss": _r(log_loss(y, probs, labels=range(num_classes))),
+        "ece": _r(expected_calibration_error(probs, y)),
+        "per_class_accuracy": {name: _r(acc) for name, acc in zip(class_names, per_class)},
     }
+    if teacher_logits is not None:
+        result["teacher_agreement"] = _r(np.mean(predicted == teacher_logits.argmax(axis=1)))
+    return result
 
 
 def summarize_repeats(per_model: list[dict]) -> dict:
-    """Repeat 0's numbers (the model that ships) plus mean/std of accuracy over all repeats."""
+    """Repeat 0's numbers (the model that ships) plus mean/std over all repeats."""
     accuracies = np.array([m["accuracy"] for m in per_model])
-    return {
+    summary = {
         **per_model[0],
         "accuracy_mean": _r(accuracies.mean()),
         "accuracy_std": _r(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
-        "loss_mean": _r(np.mean([m["loss"] for m in per_model])),
         "repeats": len(per_model),
     }
+    for key in ("loss", "ece", "teacher_agreement"):
+        if key in per_model[0]:
+            summary[f"{key}_mean"] = _r(np.mean([m[key] for m in per_model]))
+    return summary
+
+
+def inference_latency_ms(model: keras.Model, x: np.ndarray, batch_sizes=(1, 256), calls: int = 30) -> dict:
+    """Median wall time (ms) of one compiled forward pass, per batch size, after warm-up.
+
+    Wall-clock numbers: they vary run to run, so they never go into metrics/."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    result = {}
+    for size in batch_sizes:
+        batch = tf.constant(x[:size])
+        for _ in range(3):
+            forward(batch).numpy()  # trace and warm up
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            forward(batch).numpy()
+            times.append((time.perf_counter() - start) * 1000)
+        result[f"batch_{size}"] = round(statistics.median(times), 4)
+    return result
 
 
 def paired_gain(distilled: list[float], scratch: list[float]) -> dict:

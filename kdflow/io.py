@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -36,6 +37,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temp folder next to ``path``; swap it in for ``path`` only if the block
+    succeeds (an old ``path`` is replaced as a whole, never mixed with new files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary project folder
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left if the block failed
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
@@ -115,17 +133,46 @@ def save_model(path: str | Path, model: Any) -> None:
         _write_fixed_zip(tmp, members)
 
 
-def load_model(path: str | Path, *, produced_by: str) -> Any:
-    """Load a ``.keras`` model with Keras' safe_mode on (no arbitrary code from the file)."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def load_model(path: str | Path, *, produced_by: str, safe_mode: bool = True) -> Any:
+    """Load a pipeline-made ``.keras`` model with Keras' safe_mode on (no code from the file);
+    off only for a teacher the user marked as trusted (teacher.safe_mode: false)."""
     import keras
 
     path = Path(path)
     if not path.exists():
         raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # Keras raises many types for a damaged archive
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdflowError(
-            f"{path} could not be loaded ({first_line}): rerun `dvc repro --force {produced_by}`"
+            f"{path} could not be loaded ({_first_line(exc)}): rerun `dvc repro --force {produced_by}`"
         ) from None
+
+
+def load_user_model(path: str | Path, *, key: str, safe_mode: bool = True) -> Any:
+    """Load a user's ``.keras`` model. With safe_mode (the default) Keras refuses files that
+    carry Python code (Lambda layers), because loading them could run anything."""
+    import keras
+
+    path = Path(path)
+    where = f"{key} = {path}"
+    if not path.is_file():
+        raise KdflowError(f"{where}: file not found")
+    if not safe_mode:
+        # The user's explicit opt-in: this process may rebuild (and later save) the model's code.
+        keras.config.enable_unsafe_deserialization()
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # Keras raises many types for a damaged or unsafe archive
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise KdflowError(
+                f"{where}: refused: the model contains Python code (a Lambda layer), and loading it "
+                "could run arbitrary code on this machine. If you trust the file as you would a script, "
+                f"set {key.rsplit('.', 1)[0]}.safe_mode: false"
+            ) from None
+        raise KdflowError(f"{where}: not a loadable Keras model ({_first_line(exc)})") from None

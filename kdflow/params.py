@@ -13,7 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kdflow.errors import KdflowError
 
-DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10")
+KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+FILE_SOURCES = ("npz", "image_dir")  # read from data.path
+DATASETS = ("mnist5k", *KERAS_DATASETS, *FILE_SOURCES)
+# The default of every `path` param: a tracked, nearly empty folder. dvc.yaml declares
+# ${data.path} and ${teacher.path} as dependencies, and a dependency must exist even when unused.
+INPUTS_DIR = "inputs"
 
 
 class _Section(BaseModel):
@@ -23,16 +28,24 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     name: Literal[DATASETS] = "mnist5k"  # type: ignore[valid-type]
+    path: str = INPUTS_DIR  # the .npz file (name: npz) or the image folder (name: image_dir)
+    image_size: list[int] = Field(default_factory=lambda: [32, 32])  # image_dir: [height, width]
+    color_mode: Literal["rgb", "grayscale"] = "rgb"  # image_dir only
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> "DataParams":
+    def _consistent(self) -> "DataParams":
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
                 "leaves too little training data: must be < 0.9"
             )
+        if len(self.image_size) != 2 or min(self.image_size) < 4:
+            raise ValueError(f"image_size = {self.image_size}: must be [height, width], each >= 4")
+        if self.name in FILE_SOURCES and self.path == INPUTS_DIR:
+            raise ValueError(f"name '{self.name}' reads data.path: set it to your "
+                             f"{'.npz file' if self.name == 'npz' else 'image folder'}")
         return self
 
 
@@ -56,32 +69,86 @@ class ArchSpec(_Section):
         return self
 
 
+class ResNetSpec(_Section):
+    """A CIFAR-style residual CNN (He et al. 2016): a 3x3 stem, then stages of basic blocks
+    (two 3x3 conv + batch-norm, identity or 1x1 projection shortcut); each stage after the first
+    halves the resolution and doubles the width; global average pooling; logits.
+    ``width`` multiplies every stage's filter count."""
+
+    base_filters: int = Field(16, ge=1)
+    blocks_per_stage: list[int] = Field(default_factory=lambda: [1, 1, 1])
+    width: float = Field(1.0, gt=0, le=16)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _blocks(self) -> "ResNetSpec":
+        if not self.blocks_per_stage or min(self.blocks_per_stage) < 1:
+            raise ValueError(f"blocks_per_stage = {self.blocks_per_stage}: needs >= 1 stage of >= 1 block")
+        return self
+
+
 # The two reference workflows' models (see README), as specs: one builder serves all.
-PRESETS: dict[str, ArchSpec] = {
+PRESETS: dict[str, ArchSpec | ResNetSpec] = {
     # Keras notebook (CIFAR-10): Conv12-Pool-Conv12-Pool-Dense10 / Conv12-Pool-Dense10.
     "notebook_teacher": ArchSpec(conv_filters=[12, 12]),
     "notebook_student": ArchSpec(conv_filters=[12]),
     # KnowledgeDistilling repo (Fashion-MNIST): MLP 512-256-128 / MLP 128.
     "repo_teacher": ArchSpec(dense_units=[512, 256, 128]),
     "repo_student": ArchSpec(dense_units=[128]),
+    # Modern small residual nets for CIFAR-sized inputs (ResNet-8/-20 of He et al.'s CIFAR family).
+    "resnet8": ResNetSpec(blocks_per_stage=[1, 1, 1]),
+    "resnet20": ResNetSpec(blocks_per_stage=[3, 3, 3]),
+    "resnet20_w2": ResNetSpec(blocks_per_stage=[3, 3, 3], width=2.0),
 }
-ARCHS = (*PRESETS, "spec")
+ARCHS = (*PRESETS, "spec", "resnet")
 
 
 class ModelParams(_Section):
     arch: Literal[ARCHS] = "spec"  # type: ignore[valid-type]
-    spec: Optional[ArchSpec] = None
+    spec: Optional[ArchSpec] = None      # when arch: spec
+    resnet: Optional[ResNetSpec] = None  # when arch: resnet
 
     @model_validator(mode="after")
-    def _spec_when_needed(self) -> "ModelParams":
-        if self.arch == "spec" and self.spec is None:
-            raise ValueError("arch 'spec' needs a 'spec' section (conv_filters, dense_units, ...)")
-        if self.arch != "spec" and self.spec is not None:
-            raise ValueError(f"arch '{self.arch}' is a preset: remove 'spec' or set arch: spec")
+    def _section_when_needed(self) -> "ModelParams":
+        for form in ("spec", "resnet"):
+            given = getattr(self, form) is not None
+            if self.arch == form and not given:
+                raise ValueError(f"arch '{form}' needs a '{form}' section (see README 'Architectures')")
+            if self.arch != form and given:
+                raise ValueError(f"arch is '{self.arch}': remove the '{form}' section or set arch: {form}")
         return self
 
-    def resolved_spec(self) -> ArchSpec:
-        return self.spec if self.arch == "spec" else PRESETS[self.arch]
+    def resolved_spec(self) -> ArchSpec | ResNetSpec:
+        if self.arch in ("spec", "resnet"):
+            return getattr(self, self.arch)
+        return PRESETS[self.arch]
+
+
+class TeacherParams(ModelParams):
+    # train: build from arch and train it; file: use the .keras model at `path` as the teacher.
+    source: Literal["train", "file"] = "train"
+    path: str = INPUTS_DIR
+    # Keras safe_mode refuses model files that carry code (Lambda layers). Turn it off only for
+    # a file you trust as you would trust a script: loading it can run arbitrary code.
+    safe_mode: bool = True
+
+    @model_validator(mode="after")
+    def _path_when_file(self) -> "TeacherParams":
+        if self.source == "file" and not self.path.endswith(".keras"):
+            raise ValueError(f"source 'file' reads teacher.path: set it to a .keras model file (got {self.path!r})")
+        return self
+
+
+class AugmentParams(_Section):
+    """Random training-time augmentation (Keras preprocessing layers, active only in training)."""
+
+    shift: float = Field(0.0, ge=0, lt=0.5)  # random translation, fraction of height/width
+    flip: bool = False                        # random horizontal flip (not for digits!)
+    crop: int = Field(0, ge=0)                # pad by `crop` pixels, then random crop back (= random shift of up to `crop` whole pixels)
+
+    @property
+    def enabled(self) -> bool:
+        return self.shift > 0 or self.flip or self.crop > 0
 
 
 class TrainParams(_Section):
@@ -93,6 +160,7 @@ class TrainParams(_Section):
     amsgrad: bool = False
     # Epochs without val-loss improvement before stopping (best weights restored); null = off.
     patience: Optional[int] = Field(5, ge=1)
+    augment: AugmentParams = AugmentParams()
 
 
 METHODS = ("kd", "dkd", "lskd", "dist", "mse", "fitnet")
@@ -142,7 +210,7 @@ class Params(_Section):
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(4.0, gt=0, le=1000)
     data: DataParams = DataParams()
-    teacher: ModelParams
+    teacher: TeacherParams
     student: ModelParams
     train_teacher: TrainParams = TrainParams()
     train_student: TrainParams = TrainParams()
@@ -150,6 +218,15 @@ class Params(_Section):
     dkd: DkdParams = DkdParams()
     dist: DistParams = DistParams()
     fitnet: FitnetParams = FitnetParams()
+
+    @model_validator(mode="after")
+    def _no_student_augmentation(self) -> "Params":
+        # The students learn from the teacher's cached logits of the *un-augmented* images;
+        # augmenting the student's view would pair it with targets of another image.
+        if self.train_student.augment.enabled:
+            raise ValueError("train_student.augment: not supported: the cached soft targets are of the "
+                             "un-augmented images (augment the teacher with train_teacher.augment)")
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -160,7 +237,7 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling; see README 'Params')"
     if error["type"].startswith("model_") or error["type"] == "value_error":
-        return f"{key}: {message}"
+        return message if not error["loc"] else f"{key}: {message}"
     return f"{key} = {error.get('input')!r}: {message}"
 
 

@@ -7,32 +7,103 @@ only the loss (and hence the weights) differ.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import keras
 import numpy as np
 
-from kdflow import repro
+from kdflow import repro, tracking
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
+from kdflow.evaluation import evaluate_logits, predict_logits
 from kdflow.losses import distillation_loss, hard_ce, pack_targets
 from kdflow.models import build_model
-from kdflow.params import Params
+from kdflow.params import AugmentParams, Params
 from kdflow.training import fit
 
 
-def train_teacher(params: Params, data: Prepared) -> tuple[keras.Model, dict]:
+def train_teacher(params: Params, data: Prepared, log_dir: Path | None = None) -> tuple[keras.Model, dict]:
+    """Train the teacher on the hard labels; per-epoch curves go to ``log_dir`` if given."""
     repro.make_deterministic(params.seed)
     model = build_model(params.teacher, data.input_shape, data.num_classes, name="teacher")
-    summary = _fit_on(model, data, params, "train_teacher", params.seed, loss=hard_ce)
+    callbacks = [tracking.epoch_logger(log_dir)] if log_dir is not None else []
+    trained = with_augmentation(model, params.train_teacher.augment, params.seed)
+    summary = _fit_on(trained, data, params, "train_teacher", params.seed, loss=hard_ce, callbacks=callbacks)
     return model, summary
 
 
+def import_teacher(params: Params, data: Prepared) -> tuple[keras.Model, dict]:
+    """The user's teacher (teacher.source: file), checked against the prepared data, as a
+    logits model; its summary holds its validation accuracy and cross-entropy."""
+    from kdflow.io import load_user_model
+
+    repro.make_deterministic(params.seed)
+    cfg = params.teacher
+    model = load_user_model(cfg.path, key="teacher.path", safe_mode=cfg.safe_mode)
+    where = f"teacher.path = {cfg.path}"
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise KdflowError(f"{where}: the model must have one input and one output")
+    if tuple(model.input_shape[1:]) != tuple(data.input_shape):
+        raise KdflowError(f"{where}: its input shape {tuple(model.input_shape[1:])} does not match the "
+                          f"prepared data {tuple(data.input_shape)} (data.name/image_size/color_mode)")
+    if model.output_shape[1:] != (data.num_classes,):
+        raise KdflowError(f"{where}: it outputs shape {tuple(model.output_shape[1:])}, but the prepared "
+                          f"data has {data.num_classes} classes")
+    model = _as_logits(model)
+    x, y = data.xy("val")
+    val = evaluate_logits(predict_logits(model, x), y, data.class_names)
+    return model, {"epochs_run": 0, "val_accuracy": val["accuracy"], "val_hard_ce": val["loss"]}
+
+
+def _as_logits(model: keras.Model) -> keras.Model:
+    """Drop a final softmax (many user models end with one): the pipeline works on logits.
+    Rebuilt from the config, so no Lambda layer is added and the result stays safe to load."""
+    last = model.layers[-1]
+    if getattr(last, "activation", None) is not keras.activations.softmax:
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["config"]["name"] == last.name:
+            layer["config"]["activation"] = "linear"
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    print(f"train_teacher: removed the final softmax of layer '{last.name}' (the pipeline uses logits)")
+    return rebuilt
+
+
+def with_augmentation(model: keras.Model, augment: AugmentParams, seed: int) -> keras.Model:
+    """``model`` behind Keras' random augmentation layers (active only while training; the
+    saved model is ``model`` itself). Returns ``model`` unchanged when augmentation is off."""
+    if not augment.enabled:
+        return model
+    height, width = model.input_shape[1:3]
+    layers = []
+    if augment.crop:
+        # Pad-by-N-then-random-crop is a zero-filled random shift of up to N whole pixels; done
+        # as one translation layer because Keras' RandomCrop does not restore the size at inference.
+        layers.append(keras.layers.RandomTranslation(augment.crop / height, augment.crop / width,
+                                                     fill_mode="constant", interpolation="nearest",
+                                                     seed=seed, name="augment_crop"))
+    if augment.shift:
+        layers.append(keras.layers.RandomTranslation(augment.shift, augment.shift, fill_mode="constant",
+                                                     seed=seed + 1, name="augment_shift"))
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2, name="augment_flip"))
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    h = inputs
+    for layer in layers:
+        h = layer(h)
+    return keras.Model(inputs, model(h), name=f"{model.name}_augmented")
+
+
 def train_students(
-    params: Params, data: Prepared, soft_targets: dict[str, np.ndarray] | None = None
+    params: Params, data: Prepared, soft_targets: dict[str, np.ndarray] | None = None,
+    log_dir: Path | None = None,
 ) -> Iterator[tuple[keras.Model, dict]]:
     """Yield ``params.repeats`` students, one per seed: scratch students when
-    ``soft_targets`` is None, else students distilled from the cached teacher outputs."""
+    ``soft_targets`` is None, else students distilled from the cached teacher outputs.
+    Repeat 0's per-epoch curves go to ``log_dir`` if given."""
     name = "student_scratch" if soft_targets is None else "student_distilled"
     for repeat in range(params.repeats):
         keras.backend.clear_session()  # free the previous repeat's graph before the next one
@@ -40,10 +111,12 @@ def train_students(
         repro.make_deterministic(seed)
         student = build_model(params.student, data.input_shape, data.num_classes, name=name)
         print(f"{name}: repeat {repeat + 1}/{params.repeats} (seed {seed})", flush=True)
+        loggers = [tracking.epoch_logger(log_dir)] if log_dir is not None and repeat == 0 else []
         if soft_targets is None:
-            summary = _fit_on(student, data, params, "train_student", seed, loss=hard_ce)
+            summary = _fit_on(student, data, params, "train_student", seed, loss=hard_ce, callbacks=loggers)
         else:
             loss, metrics, callbacks = distillation_loss(params, data.num_classes)
+            callbacks = [*callbacks, *loggers]
             trained = student
             if params.distill.needs_teacher_features:
                 trained = with_hint_projection(student, params.fitnet.student_layer,

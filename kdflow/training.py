@@ -17,6 +17,7 @@ import tensorflow as tf
 from kdflow.errors import KdflowError
 from kdflow.losses import LossFn, accuracy, hard_ce
 from kdflow.params import TrainParams
+from kdflow.tracking import LearningRateLogger
 
 # The quantity early stopping watches: the validation cross-entropy with the hard labels
 # (for the distilled student too, as in the reference repo: its KD term is no model-selection signal).
@@ -66,7 +67,7 @@ def fit(
         loss=loss,
         metrics=metrics or [accuracy, hard_ce],  # early stopping needs hard_ce among them
     )
-    callbacks: list[keras.callbacks.Callback] = [_StopOnNaN(), *extra_callbacks]
+    callbacks: list[keras.callbacks.Callback] = [_StopOnNaN(), LearningRateLogger(), *extra_callbacks]
     if cfg.patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(

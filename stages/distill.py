@@ -10,14 +10,15 @@ from kdflow.params import load_params
 
 def main() -> None:
     params = load_params()
-    from kdflow import artifacts, recipes, soft_targets
+    from kdflow import artifacts, recipes, soft_targets, tracking
     from kdflow.data import load_prepared
-    from kdflow.io import write_json
+    from kdflow.io import atomic_dir, write_json
 
     data = load_prepared(("train", "val"))
     cache = soft_targets.load(data, with_features=params.distill.needs_teacher_features)
-    students = recipes.train_students(params, data, cache)
-    summary = artifacts.save_students("student_distilled", students)
+    with atomic_dir(tracking.live_dir("distill")) as log_dir:
+        students = recipes.train_students(params, data, cache, log_dir=log_dir)
+        summary = artifacts.save_students("student_distilled", students)
     write_json("metrics/distill.json", summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_distilled*")

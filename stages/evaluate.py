@@ -1,7 +1,8 @@
 """Stage `evaluate`: teacher and every repeat of both students on the test split.
 
-Writes metrics/evaluate.json: per model accuracy/loss/params (students: repeat 0, plus mean and
-std over repeats), the paired KD gain with its 95% CI, and the share of the gap closed.
+Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE, per-class accuracy, teacher
+agreement, size, the paired KD gain with its 95% CI, gap closed, compression), the DVC
+confusion plots in dvclive/evaluate/, and reports/ (summary.md, figures, latency.json).
 """
 
 from kdflow.errors import run_stage
@@ -10,37 +11,27 @@ from kdflow.params import load_params
 
 def main() -> None:
     params = load_params()
-    from kdflow import artifacts, repro
+    from kdflow import repro
+    from kdflow.comparison import ROLES, compare
     from kdflow.data import load_prepared
-    from kdflow.evaluation import evaluate_model, gap_closed, paired_gain, summarize_repeats
-    from kdflow.io import load_model, write_json
+    from kdflow.io import write_json
+    from kdflow.report import write_confusion_plots, write_report
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("test",))
-    x, y = data.xy("test")
+    result = compare(data, teacher_safe_mode=params.teacher.safe_mode)
+    write_confusion_plots(result, data.class_names)
+    write_report(result, params, data.class_names)
+    write_json("metrics/evaluate.json", result.metrics)
 
-    def evaluate(model):
-        return evaluate_model(model, x, y, data.num_classes)
-
-    teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher")
-    results = {"teacher": summarize_repeats([evaluate(teacher)])}
-    per_repeat = {}
-    for role in ("student_distilled", "student_scratch"):
-        per_repeat[role] = [evaluate(m) for m in artifacts.load_students(role)]
-        results[role] = summarize_repeats(per_repeat[role])
-    gain = paired_gain([m["accuracy"] for m in per_repeat["student_distilled"]],
-                       [m["accuracy"] for m in per_repeat["student_scratch"]])
-    results["kd_gain"] = gain
-    results["gap_closed"] = gap_closed(gain["mean"], results["teacher"]["accuracy"],
-                                       results["student_scratch"]["accuracy_mean"])
-    write_json("metrics/evaluate.json", results)
-
-    for role in ("teacher", "student_distilled", "student_scratch"):
-        r = results[role]
+    for role in ROLES:
+        r = result.metrics[role]
         print(f"evaluate: {role:18s} test accuracy {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
-              f"(n={r['repeats']})  params {r['params']}")
+              f"(n={r['repeats']})  ECE {r['ece_mean']:.4f}  params {r['params']}")
+    gain = result.metrics["kd_gain"]
     ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
-    print(f"evaluate: KD gain {gain['mean']:+.4f}{ci}; gap closed {results['gap_closed']}")
+    print(f"evaluate: KD gain {gain['mean']:+.4f}{ci}; gap closed {result.metrics['gap_closed']}; "
+          f"report in reports/summary.md")
 
 
 if __name__ == "__main__":

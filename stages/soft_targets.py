@@ -12,7 +12,8 @@ def main() -> None:
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("train", "val"))
-    teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher")
+    teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher",
+                         safe_mode=params.teacher.safe_mode)
     feature_layer = params.fitnet.teacher_layer if params.distill.needs_teacher_features else None
     cache = soft_targets.compute(teacher, data, feature_layer)
     soft_targets.save(cache, data)

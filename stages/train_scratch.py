@@ -10,12 +10,13 @@ from kdflow.params import load_params
 
 def main() -> None:
     params = load_params()
-    from kdflow import artifacts, recipes
+    from kdflow import artifacts, recipes, tracking
     from kdflow.data import load_prepared
-    from kdflow.io import write_json
+    from kdflow.io import atomic_dir, write_json
 
-    students = recipes.train_students(params, load_prepared(("train", "val")))
-    summary = artifacts.save_students("student_scratch", students)
+    with atomic_dir(tracking.live_dir("train_scratch")) as log_dir:
+        students = recipes.train_students(params, load_prepared(("train", "val")), log_dir=log_dir)
+        summary = artifacts.save_students("student_scratch", students)
     write_json("metrics/train_scratch.json", summary)
     print(f"train_scratch: mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_scratch*")

@@ -28,7 +28,7 @@ def test_valid_minimal_params_and_defaults():
         ({"temperature": 0}, "temperature = 0: Input should be greater than 0"),
         ({"temperature": "4"}, "temperature = '4': Input should be a valid number"),
         ({"seed": True}, "seed = True: Input should be a valid integer"),
-        ({"data": {"name": "imagenet"}}, "data.name = 'imagenet': Input should be 'mnist5k', 'mnist', 'fashion_mnist' or 'cifar10'"),
+        ({"data": {"name": "imagenet"}}, "data.name = 'imagenet': Input should be 'mnist5k', 'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'npz' or 'image_dir'"),
         ({"student": {"arch": "resnet9000"}}, "student.arch = 'resnet9000': Input should be 'notebook_teacher'"),
         ({"teacher": {"arch": "spec"}}, "teacher: arch 'spec' needs a 'spec' section"),
         ({"train_student": {"epochs": 0}}, "train_student.epochs = 0: Input should be greater than or equal to 1"),

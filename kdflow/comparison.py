@@ -1,0 +1,70 @@
+"""The `evaluate` stage's work: teacher vs distilled vs scratch students on the test split.
+
+Returns three things kept apart on purpose: ``metrics`` (reproducible bit for bit, goes to
+metrics/evaluate.json), ``latency`` (wall-clock, varies run to run, goes to reports/) and
+``predictions`` (repeat 0 of each model, for the confusion matrices and reliability diagram).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdflow import artifacts
+from kdflow.data import Prepared
+from kdflow.evaluation import (
+    evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats,
+)
+from kdflow.io import load_model
+
+ROLES = ("teacher", "student_distilled", "student_scratch")
+
+
+@dataclass
+class Comparison:
+    metrics: dict
+    latency: dict
+    predictions: dict[str, np.ndarray]  # role -> repeat 0's test logits
+    labels: np.ndarray
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: bool = True) -> Comparison:
+    x, y = data.xy("test")
+    names = data.class_names
+    teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher", safe_mode=teacher_safe_mode)
+    teacher_logits = predict_logits(teacher, x)
+    metrics = {"teacher": summarize_repeats([evaluate_logits(teacher_logits, y, names)])}
+    models = {"teacher": teacher}
+    predictions = {"teacher": teacher_logits}
+    files = {"teacher": artifacts.model_path("teacher")}
+    accuracies = {}
+    for role in ROLES[1:]:
+        per_repeat = []
+        for i, student in enumerate(artifacts.load_students(role)):
+            logits = predict_logits(student, x)
+            per_repeat.append(evaluate_logits(logits, y, names, teacher_logits))
+            if i == 0:  # repeat 0 is the model that ships: the one plotted and timed
+                models[role], predictions[role] = student, logits
+        metrics[role] = summarize_repeats(per_repeat)
+        accuracies[role] = [m["accuracy"] for m in per_repeat]
+        files[role] = artifacts.repeat_path(role, 0)
+    for role in ROLES:
+        metrics[role]["params"] = int(models[role].count_params())
+        metrics[role]["size_bytes"] = files[role].stat().st_size
+
+    gain = paired_gain(accuracies["student_distilled"], accuracies["student_scratch"])
+    metrics["kd_gain"] = gain
+    metrics["gap_closed"] = gap_closed(gain["mean"], metrics["teacher"]["accuracy"],
+                                       metrics["student_scratch"]["accuracy_mean"])
+    student = metrics["student_distilled"]
+    metrics["compression"] = {
+        "param_ratio": _ratio(metrics["teacher"]["params"], student["params"]),
+        "size_ratio": _ratio(metrics["teacher"]["size_bytes"], student["size_bytes"]),
+    }
+    latency = {role: inference_latency_ms(model, x) for role, model in models.items()} if measure_latency else {}
+    return Comparison(metrics, latency, predictions, y)

