@@ -28,8 +28,8 @@ def _write_log(text: str) -> Path | None:
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main`` and turn failures into one line on stderr and a non-zero exit.
 
-    The full traceback goes to ``logs/kdflow-error.log``; set KDFLOW_DEBUG=1 to see it on
-    the terminal instead.
+    An unexpected error's full traceback goes to ``logs/kdflow-error.log``; set KDFLOW_DEBUG=1
+    to see any error's traceback on the terminal instead.
     """
     stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
     try:
@@ -40,10 +40,10 @@ def run_stage(main: Callable[[], None]) -> None:
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything here
         if os.environ.get(DEBUG_ENV):
             raise
-        log = _write_log(traceback.format_exc())
-        if isinstance(exc, KdflowError):
+        if isinstance(exc, KdflowError):  # the user's input: the one line says it all
             print(f"kdflow {stage}: error: {exc}", file=sys.stderr)
-        else:
+        else:  # a bug or an environment problem: keep the traceback for the report
+            log = _write_log(traceback.format_exc())
             where = f" (traceback in {log})" if log else ""
             print(
                 f"kdflow {stage}: unexpected {type(exc).__name__}: {exc}{where}; "

@@ -24,11 +24,19 @@ from kdflow.errors import KdflowError
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files/folders of a run that was killed (SIGKILL skips every cleanup) are removed
+    by the next write of the same output."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -45,6 +53,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     succeeds (an old ``path`` is replaced as a whole, never mixed with new files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary project folder
     try:

@@ -33,13 +33,19 @@ def make_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int 
 
 
 class _StopOnNaN(keras.callbacks.Callback):
-    """Stop as soon as the loss is not finite, so a diverged model is never saved."""
+    """Stop as soon as the training or validation loss is not finite, so a diverged model is
+    never saved."""
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+    def _check(self, logs, keys):
+        if any(k in (logs or {}) and not math.isfinite(float(logs[k])) for k in keys):
             self.model.stop_training = True
             self.model.diverged = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, ("loss",))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, ("loss", "val_loss"))
 
 
 def fit(
@@ -84,10 +90,10 @@ def fit(
         # Progress bar in a terminal, one line per epoch in logs (CI, dvc queue logs).
         verbose=1 if sys.stdout.isatty() else 2,
     ).history
-    if model.diverged:
+    if model.diverged or not all(np.isfinite(w).all() for w in model.get_weights()):
         raise KdflowError(
             f"{config_key}.learning_rate={cfg.learning_rate:g}: training diverged (loss is NaN/inf); "
-            "lower the learning rate. No model was saved"
+            "lower the learning rate, or check the input scale (pixels should be in [0, 1]). No model was saved"
         )
     epochs_run = len(history["loss"])
     monitored = history.get(MONITOR)

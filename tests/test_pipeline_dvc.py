@@ -162,6 +162,12 @@ def test_plots_report_and_evaluation_metrics(repo):
     assert '"ece_mean"' in exp_json and '"compression"' in exp_json
 
 
+def without_nulls(tree):
+    if isinstance(tree, dict):
+        return {k: without_nulls(v) for k, v in tree.items() if v is not None}
+    return tree
+
+
 def queue_status(repo) -> dict[str, str]:
     """Experiment name -> status, from `dvc queue status`."""
     rows = {}
@@ -191,14 +197,20 @@ def test_queued_grid_never_retrains_teacher_or_scratch(repo):
         assert {"train_teacher", "train_scratch", "soft_targets", "prepare"} <= stages_skipped(log), name
 
     changed = json.loads(sh(["dvc", "exp", "show", "--only-changed", "--json"], repo).stdout)
-    grid = set()
+    grid = {}
     for baseline in changed:
         for exp in (baseline.get("experiments") or []):
             for rev in exp["revs"]:
                 if rev.get("name") in status:  # not the alpha=0.9 experiment of the test above
                     p = rev["data"]["params"]["params.yaml"]["data"]
-                    grid.add((p["alpha"], p["temperature"]))
-    assert grid == {(0.1, 2), (0.1, 8), (0.9, 2), (0.9, 8)}
+                    grid[(p["alpha"], p["temperature"])] = rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    assert set(grid) == {(0.1, 2), (0.1, 8), (0.9, 2), (0.9, 8)}
+
+    # Two at a time did not clobber anything: a queued result equals the same experiment run
+    # alone in the workspace, bit for bit.
+    sh(["dvc", "exp", "run", "-S", "alpha=0.1", "-S", "temperature=2"], repo)
+    alone = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert without_nulls(alone) == without_nulls(grid[(0.1, 2)])  # `exp show` leaves nulls out
 
     chosen = sorted(status)[0]
     sh(["dvc", "exp", "apply", chosen], repo)

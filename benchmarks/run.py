@@ -1,0 +1,343 @@
+"""kdflow performance benchmark: prints one JSON object with every measured ratio and its target.
+
+    python benchmarks/run.py                # the full benchmark on the embedded data (~25 min, 2 cores)
+    python benchmarks/run.py --quick        # tiny settings, one run: checks that it works (~3 min)
+
+Ratios are taken side by side in one run, so they hold on a noisy machine; every ratio is
+reported as min / median / max over ``--runs`` runs. Measured:
+
+- training speed (in this process, same student, data, batches and epochs): our `distill`
+  (cached soft targets; a default teacher and a >= 10x larger ResNet teacher) and our
+  `train_scratch` loop against a plain ``model.fit``, plus the online-teacher alternative
+  (Keras' own ``keras.distillation.Distiller``, which runs the teacher every step);
+- the pipeline (in a temporary git copy of this project): full ``dvc repro`` vs
+  ``dvc exp run -S alpha=...``, and a 3 x 3 alpha x temperature grid through the queue;
+- per-stage peak memory above a TensorFlow-loaded baseline, and start-up costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TARGETS = {
+    "distill_epoch_vs_scratch": 1.05,
+    "distill_large_teacher_epoch_vs_scratch": 1.05,
+    "exp_run_alpha_vs_full_repro": 0.40,
+    "grid_3x3_vs_9_alpha_runs": 1.0,
+    "plain_fit_vs_scratch_time": 1.10,
+    "plain_fit_vs_distill_time": 1.10,
+    "stage_memory_vs_data_and_model": 2.0,
+}
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "kdflow", "stages", "inputs", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": round(min(values), 4), "median": round(statistics.median(values), 4),
+            "max": round(max(values), 4), "runs": len(values)}
+
+
+# --------------------------------------------------------------------------- training speed
+
+class EpochTimer:
+    """Wall time of every epoch (a Keras callback, created lazily so TF loads only when needed)."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.times = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.times.append(time.perf_counter() - self._start)
+
+        return _Timer()
+
+
+def steady_epoch_time(times: list[float]) -> float:
+    """Median epoch time without the first epoch (tracing and warm-up)."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def training_speed(epochs: int, n_train: int | None, seed: int = 0) -> dict:
+    import keras
+
+    from kdflow import repro
+    from kdflow.losses import distillation_loss, hard_ce, pack_targets
+    from kdflow.models import build_model
+    from kdflow.params import ModelParams, Params, TeacherParams, TrainParams
+    from kdflow.params import DataParams
+    from kdflow.sources import load
+    from kdflow.training import fit
+
+    raw = load(DataParams())  # the embedded 5,000 digits: 4,500 to train on, 500 to validate
+    x, y = raw.x[:4500][:n_train], raw.y[:4500][:n_train]
+    x_val, y_val = raw.x[4500:], raw.y[4500:]
+    student_cfg = ModelParams(arch="notebook_student")
+    teachers = {"default": TeacherParams(arch="spec", spec={"conv_filters": [32, 64], "dense_units": [128],
+                                                            "dropout": 0.3}),
+                "large": TeacherParams(arch="resnet20_w2")}
+    cfg = TrainParams(epochs=epochs, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
+    params = Params(teacher=teachers["default"], student=student_cfg, alpha=0.5, temperature=4.0)
+    shape, classes = x.shape[1:], 10
+
+    def student():
+        repro.make_deterministic(seed)
+        return build_model(student_cfg, shape, classes, "student")
+
+    result = {"params": {}}
+    logits = {}
+    for name, teacher_cfg in teachers.items():
+        teacher = build_model(teacher_cfg, shape, classes, f"teacher_{name}")
+        result["params"][f"teacher_{name}"] = int(teacher.count_params())
+        # Timing only: an untrained teacher's logits cost the same to read as a trained one's.
+        logits[name] = (teacher, teacher.predict(x, batch_size=512, verbose=0),
+                        teacher.predict(x_val, batch_size=512, verbose=0))
+    result["params"]["student"] = int(student().count_params())
+
+    timings = {}
+
+    def ours(label, targets, val_targets, loss, metrics=None, callbacks=()):
+        timer = EpochTimer()
+        fit(student(), (x, targets), (x_val, val_targets), cfg, loss, seed, metrics, [*callbacks, timer])
+        timings[label] = steady_epoch_time(timer.times)
+
+    def plain_fit():
+        model = student()
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["sparse_categorical_accuracy"])
+        timer = EpochTimer()
+        model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, validation_data=(x_val, y_val),
+                  callbacks=[timer], verbose=0)
+        timings["plain_fit"] = steady_epoch_time(timer.times)
+
+    def online(name):
+        teacher = logits[name][0]
+        distiller = keras.distillation.Distiller(
+            teacher=teacher, student=student(),
+            distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
+            student_loss_weight=0.5)
+        distiller.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        timer = EpochTimer()
+        distiller.fit(x, y, batch_size=cfg.batch_size, epochs=epochs, validation_data=(x_val, y_val),
+                      callbacks=[timer], verbose=0)
+        timings[f"online_{name}_teacher"] = steady_epoch_time(timer.times)
+
+    plain_fit()
+    ours("scratch", pack_targets(y), pack_targets(y_val), hard_ce)
+    for name in teachers:
+        loss, metrics, callbacks = distillation_loss(params, classes)
+        ours(f"distill_cached_{name}_teacher", pack_targets(y, logits[name][1]),
+             pack_targets(y_val, logits[name][2]), loss, metrics, callbacks)
+    for name in teachers:
+        online(name)
+    result["epoch_seconds"] = {k: round(v, 4) for k, v in timings.items()}
+    result["samples_per_second"] = {k: round(len(x) / v, 1) for k, v in timings.items()}
+    return result
+
+
+# --------------------------------------------------------------------------- pipeline
+
+def sh(args, cwd, timeout=3600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@kdflow",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@kdflow"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return result
+
+
+def timed(args, cwd) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = sh(args, cwd)
+    return time.perf_counter() - start, result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([a-z_]+)'", output))
+
+
+def make_project(workdir: Path, overrides: dict) -> Path:
+    import yaml
+
+    repo = workdir / "project"
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, repo / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, last = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "benchmark baseline"], repo)
+    return repo
+
+
+def run_measured(args, cwd) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process (its own rusage, via wait4)."""
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    start = time.perf_counter()
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{' '.join(args)} failed with status {status}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+BASELINE_SNIPPET = ("import keras, tensorflow as tf, sklearn, scipy, dvclive; "
+                    "from kdflow import recipes, comparison, report, soft_targets")
+
+
+def pipeline(runs: int, overrides: dict, grid: bool) -> dict:
+    out = {"full_repro_s": [], "exp_run_alpha_s": [], "ratio": []}
+    with tempfile.TemporaryDirectory(prefix="kdflow-bench-") as tmp:
+        repo = make_project(Path(tmp), overrides)
+        alphas = [0.9, 0.8, 0.7, 0.6, 0.3]
+        for run in range(runs):
+            # --force: a real run of every stage (no run-cache); a new alpha each run, for the same reason.
+            full, _ = timed(["dvc", "repro", "--force"], repo)
+            alpha, log = timed(["dvc", "exp", "run", "-S", f"alpha={alphas[run % len(alphas)]}"], repo)
+            assert stages_run(log) == {"distill", "evaluate"}, log[-2000:]
+            sh(["git", "checkout", "--", "."], repo)
+            sh(["dvc", "checkout", "-q", "--force"], repo)
+            out["full_repro_s"].append(round(full, 2))
+            out["exp_run_alpha_s"].append(round(alpha, 2))
+            out["ratio"].append(alpha / full)
+
+        # Per-stage wall time and peak memory, each stage run alone (outputs are rewritten identically).
+        stages = {}
+        for stage in ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "evaluate"):
+            wall, peak = run_measured([sys.executable, "-m", f"stages.{stage}"], repo)
+            stages[stage] = {"wall_s": round(wall, 2), "peak_rss_mib": round(peak, 1)}
+        _, baseline = run_measured([sys.executable, "-c", BASELINE_SNIPPET], repo)
+        data_mib = (repo / "data/prepared/data.npz").stat().st_size / 2**20
+        sizes = {"teacher": (repo / "models/teacher.keras").stat().st_size / 2**20,
+                 "student": (repo / "models/student_distilled.keras").stat().st_size / 2**20}
+        # A stage holds the full dataset (uncompressed float32) and its models.
+        import numpy as np
+
+        with np.load(repo / "data/prepared/data.npz") as npz:
+            data_mib = sum(npz[k].nbytes for k in npz.files) / 2**20
+        model_mib = {"prepare": 0, "train_teacher": sizes["teacher"], "soft_targets": sizes["teacher"],
+                     "distill": sizes["student"], "train_scratch": sizes["student"],
+                     "evaluate": sizes["teacher"] + 2 * sizes["student"]}
+        for stage, info in stages.items():
+            info["above_tf_baseline_mib"] = round(info["peak_rss_mib"] - baseline, 1)
+            info["data_plus_model_mib"] = round(data_mib + model_mib[stage], 1)
+            info["ratio"] = round(info["above_tf_baseline_mib"] / info["data_plus_model_mib"], 2)
+        out["stages"] = stages
+        out["tf_baseline_peak_rss_mib"] = round(baseline, 1)
+
+        if grid:
+            sh(["dvc", "exp", "run", "--queue", "-S", "alpha=0.2,0.5,0.8", "-S", "temperature=2,4,8"], repo)
+            start = time.perf_counter()
+            sh(["dvc", "queue", "start", "-j", "1"], repo)
+            while True:
+                status = sh(["dvc", "queue", "status"], repo).stdout
+                if not re.search(r"\b(Queued|Running)\b", status):
+                    break
+                time.sleep(2)
+            out["grid_3x3_s"] = round(time.perf_counter() - start, 2)
+            names = re.findall(r"^\S+\s+(\S+)\s+.*\bSuccess\b", status, flags=re.M)
+            ran = [stages_run(sh(["dvc", "queue", "logs", n], repo).stdout) for n in names]
+            out["grid_experiments"] = len(names)
+            out["grid_stages_run"] = sorted({s for r in ran for s in r})
+            out["grid_teacher_or_scratch_trainings"] = sum(
+                len(r & {"train_teacher", "train_scratch", "soft_targets"}) for r in ran)
+    return out
+
+
+def startup(repeats: int = 5) -> dict:
+    def median_wall(args):
+        return statistics.median(run_measured(args, ROOT)[0] for _ in range(repeats))
+
+    python = sys.executable
+    return {
+        "python_noop_s": round(median_wall([python, "-c", "pass"]), 3),
+        "validate_params_s": round(median_wall([python, "-c", "from kdflow.params import load_params; load_params()"]), 3),
+        "import_tensorflow_keras_s": round(median_wall([python, "-c", "import keras, tensorflow"]), 3),
+        "stage_imports_s": round(median_wall([python, "-c", BASELINE_SNIPPET]), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings, one run (for the tests)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-grid", action="store_true", help="skip the 3x3 queue grid")
+    args = parser.parse_args()
+    runs = 1 if args.quick else args.runs
+    epochs, n_train = (3, 512) if args.quick else (8, None)
+    overrides = ({"repeats": 1, "train_teacher.epochs": 1, "train_student.epochs": 1} if args.quick else {})
+
+    speed_runs = [training_speed(epochs, n_train, seed=run) for run in range(runs)]
+
+    def ratio(a, b):
+        return spread([r["epoch_seconds"][a] / r["epoch_seconds"][b] for r in speed_runs])
+
+    pipe = pipeline(runs, overrides, grid=not args.no_grid and not args.quick)
+    ratios = {
+        "distill_epoch_vs_scratch": ratio("distill_cached_default_teacher", "scratch"),
+        "distill_large_teacher_epoch_vs_scratch": ratio("distill_cached_large_teacher", "scratch"),
+        "online_default_teacher_epoch_vs_scratch": ratio("online_default_teacher", "scratch"),
+        "online_large_teacher_epoch_vs_scratch": ratio("online_large_teacher", "scratch"),
+        "plain_fit_vs_scratch_time": ratio("scratch", "plain_fit"),
+        "plain_fit_vs_distill_time": ratio("distill_cached_default_teacher", "plain_fit"),
+        "exp_run_alpha_vs_full_repro": spread(pipe.pop("ratio")),
+        "stage_memory_vs_data_and_model": spread([s["ratio"] for s in pipe["stages"].values()]),
+    }
+    if "grid_3x3_s" in pipe:
+        ratios["grid_3x3_vs_9_alpha_runs"] = spread(
+            [pipe["grid_3x3_s"] / (9 * statistics.median(pipe["exp_run_alpha_s"]))])
+    for name, value in ratios.items():
+        if name in TARGETS:
+            value["target"] = TARGETS[name]
+            value["met"] = value["max"] <= TARGETS[name]
+    report = {
+        "settings": {"quick": args.quick, "runs": runs, "epochs_timed": epochs,
+                     "train_samples_timed": n_train or 4500},
+        "ratios": ratios,
+        "training": {"params": speed_runs[0]["params"],
+                     "epoch_seconds_median": {k: round(statistics.median(r["epoch_seconds"][k] for r in speed_runs), 4)
+                                              for k in speed_runs[0]["epoch_seconds"]},
+                     "samples_per_second_median": {k: round(statistics.median(r["samples_per_second"][k] for r in speed_runs), 1)
+                                                   for k in speed_runs[0]["samples_per_second"]}},
+        "pipeline": pipe,
+        "startup": startup(3 if args.quick else 5),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
