@@ -22,6 +22,11 @@ from kdflow.tracking import LearningRateLogger
 # The quantity early stopping watches: the validation cross-entropy with the hard labels
 # (for the distilled student too, as in the reference repo: its KD term is no model-selection signal).
 MONITOR = "val_hard_ce"
+# Training steps per compiled call. The profile of `distill` on the default (small) student
+# showed ~40% of each step spent in Python dispatch between steps; running 16 steps per call
+# cut the epoch time by about a third on 2 CPU cores with bit-identical weights. XLA
+# (jit_compile=True) was slower on CPU (0.45 s vs 0.28 s per epoch) and stays off.
+STEPS_PER_EXECUTION = 16
 
 
 def make_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int | None) -> tf.data.Dataset:
@@ -58,6 +63,7 @@ def fit(
     metrics: list[Callable] | None = None,
     extra_callbacks: list[keras.callbacks.Callback] = (),
     config_key: str = "train",
+    jit_compile: bool = False,
 ) -> dict:
     """Train ``model`` in place on packed targets; return a summary of the kept epoch.
 
@@ -72,6 +78,8 @@ def fit(
         optimizer=keras.optimizers.Adam(schedule, amsgrad=cfg.amsgrad),
         loss=loss,
         metrics=metrics or [accuracy, hard_ce],  # early stopping needs hard_ce among them
+        steps_per_execution=min(STEPS_PER_EXECUTION, steps_per_epoch),
+        jit_compile=jit_compile,
     )
     callbacks: list[keras.callbacks.Callback] = [_StopOnNaN(), LearningRateLogger(), *extra_callbacks]
     if cfg.patience is not None:
