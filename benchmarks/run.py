@@ -247,7 +247,7 @@ def pipeline(runs: int, overrides: dict, grid: bool) -> dict:
             # --force: a real run of every stage (no run-cache); a new alpha each run, for the same reason.
             full, _ = timed(["dvc", "repro", "--force"], repo)
             alpha, log = timed(["dvc", "exp", "run", "-S", f"alpha={alphas[run % len(alphas)]}"], repo)
-            assert stages_run(log) == {"distill", "evaluate"}, log[-2000:]
+            assert stages_run(log) == {"distill", "export", "evaluate"}, log[-2000:]
             sh(["git", "checkout", "--", "."], repo)
             sh(["dvc", "checkout", "-q", "--force"], repo)
             out["full_repro_s"].append(round(full, 2))
@@ -256,7 +256,7 @@ def pipeline(runs: int, overrides: dict, grid: bool) -> dict:
 
         # Per-stage wall time and peak memory, each stage run alone (outputs are rewritten identically).
         stages = {}
-        for stage in ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "evaluate"):
+        for stage in ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "export", "evaluate"):
             wall, peak = run_measured([sys.executable, "-m", f"stages.{stage}"], repo)
             stages[stage] = {"wall_s": round(wall, 2), "peak_rss_mib": round(peak, 1)}
         _, baseline = run_measured([sys.executable, "-c", BASELINE_SNIPPET], repo)
@@ -269,7 +269,7 @@ def pipeline(runs: int, overrides: dict, grid: bool) -> dict:
         with np.load(repo / "data/prepared/data.npz") as npz:
             data_mib = sum(npz[k].nbytes for k in npz.files) / 2**20
         model_mib = {"prepare": 0, "train_teacher": sizes["teacher"], "soft_targets": sizes["teacher"],
-                     "distill": sizes["student"], "train_scratch": sizes["student"],
+                     "distill": sizes["student"], "train_scratch": sizes["student"], "export": sizes["student"],
                      "evaluate": sizes["teacher"] + 2 * sizes["student"]}
         for stage, info in stages.items():
             info["above_tf_baseline_mib"] = round(info["peak_rss_mib"] - baseline, 1)

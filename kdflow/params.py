@@ -202,6 +202,11 @@ class FitnetParams(_Section):
     weight: float = Field(1.0, ge=0)
 
 
+class ExportParams(_Section):
+    # Training images that calibrate the int8 quantization ranges (drawn with the seed).
+    calibration_samples: int = Field(200, ge=1, le=100_000)
+
+
 class Params(_Section):
     seed: int = Field(42, ge=0, lt=2**31)
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
@@ -218,6 +223,7 @@ class Params(_Section):
     dkd: DkdParams = DkdParams()
     dist: DistParams = DistParams()
     fitnet: FitnetParams = FitnetParams()
+    export: ExportParams = ExportParams()
 
     @model_validator(mode="after")
     def _no_student_augmentation(self) -> "Params":

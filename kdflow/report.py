@@ -34,7 +34,8 @@ def write_confusion_plots(comparison: Comparison, class_names: list[str], direct
         live.end()
 
 
-def write_report(comparison: Comparison, params: Params, class_names: list[str], directory: Path = REPORTS) -> None:
+def write_report(comparison: Comparison, params: Params, class_names: list[str], deployment: dict | None = None,
+                 directory: Path = REPORTS) -> None:
     """reports/summary.md, reports/latency.json and the PNG figures, swapped in as a whole."""
     from kdflow.io import write_json
 
@@ -44,14 +45,25 @@ def write_report(comparison: Comparison, params: Params, class_names: list[str],
         for role in ROLES:
             _confusion_figure(comparison, role, class_names, staging / "figures" / f"confusion_{role}.png")
         write_json(staging / "latency.json", {"unit": "ms, median per call", **comparison.latency})
-        (staging / "summary.md").write_text(summary_markdown(comparison, params))
+        (staging / "summary.md").write_text(summary_markdown(comparison, params, deployment))
 
 
 def _fmt_size(size: int) -> str:
     return f"{size / 1024:.1f} KiB"
 
 
-def summary_markdown(comparison: Comparison, params: Params) -> str:
+def deployment_markdown(export: dict) -> list[str]:
+    """The `export` stage's forms of the distilled student (repeat 0), from metrics/export.json."""
+    rows = [f"| {label} | {export[key]['accuracy']:.4f} | {_fmt_size(export[key]['size_bytes'])} |"
+            for key, label in (("keras", "Keras `.keras`"), ("tflite_float32", "TFLite float32"),
+                               ("tflite_int8", "TFLite int8 (full-integer)"))]
+    return ["**Deployment** (distilled student, repeat 0; `export/`):", "",
+            "| form | test accuracy | size |", "|---|---|---|", *rows, "",
+            f"int8 accuracy drop vs Keras: {export['int8_accuracy_drop'] * 100:+.2f} points; "
+            f"int8 file {export['int8_size_ratio']:.1f}× smaller than the `.keras` file.", ""]
+
+
+def summary_markdown(comparison: Comparison, params: Params, deployment: dict | None = None) -> str:
     m, lat = comparison.metrics, comparison.latency
     rows = []
     for role in ROLES:
@@ -93,6 +105,7 @@ def summary_markdown(comparison: Comparison, params: Params) -> str:
         "",
         "Key params: " + ", ".join(f"`{k}={v}`" for k, v in knobs.items()),
         "",
+        *(deployment_markdown(deployment) if deployment else []),
         "![reliability diagram](figures/reliability.png)",
         "",
         *[f"![confusion matrix, {TITLES[role]}](figures/confusion_{role}.png)" for role in ROLES],

@@ -2,7 +2,8 @@
 
 Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE, per-class accuracy, teacher
 agreement, size, the paired KD gain with its 95% CI, gap closed, compression), the DVC
-confusion plots in dvclive/evaluate/, and reports/ (summary.md, figures, latency.json).
+confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export stage's
+deployment numbers, figures, latency.json).
 """
 
 from kdflow.errors import run_stage
@@ -14,14 +15,15 @@ def main() -> None:
     from kdflow import repro
     from kdflow.comparison import ROLES, compare
     from kdflow.data import load_prepared
-    from kdflow.io import write_json
+    from kdflow.io import read_json, write_json
     from kdflow.report import write_confusion_plots, write_report
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("test",))
     result = compare(data, teacher_safe_mode=params.teacher.safe_mode)
     write_confusion_plots(result, data.class_names)
-    write_report(result, params, data.class_names)
+    deployment = read_json("metrics/export.json", produced_by="export")
+    write_report(result, params, data.class_names, deployment)
     write_json("metrics/evaluate.json", result.metrics)
 
     for role in ROLES:

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,3 +54,11 @@ def in_tmp(tmp_path, monkeypatch):
     """Run the test inside an empty directory (stages use paths relative to the project root)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def run_stage(name, cwd, timeout=300):
+    """Run a stage script as a user does (`python -m stages.<name>`) in ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("KDFLOW_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

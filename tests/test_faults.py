@@ -12,14 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, minimal_params
-
-
-def run_stage(name, cwd, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("KDFLOW_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from conftest import ROOT, minimal_params, run_stage
 
 
 def assert_clean_failure(result, *fragments):

@@ -16,7 +16,9 @@ from conftest import ROOT
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "kdflow", "stages", "inputs", ".dvc/config", ".dvcignore", ".gitignore"]
 ALL_ROLES = ("teacher", "student_distilled", "student_scratch")
-ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "evaluate"}
+ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "export", "evaluate"}
+# What depends on alpha / temperature: the distilled student and what consumes it.
+ALPHA_STAGES = {"distill", "export", "evaluate"}
 
 
 def sh(args, cwd, check=True):
@@ -76,10 +78,11 @@ def curve_bytes(repo):
 
 
 def test_repro_then_alpha_experiment_reruns_only_what_depends_on_alpha(repo):
+    # `export` consumes the distilled student, so it reruns with it; nothing upstream does.
     first = sh(["dvc", "repro"], repo)
     assert stages_run(first.stdout) == ALL_STAGES
     baseline = metrics_bytes(repo)
-    assert set(baseline) == {"evaluate.json", "train_teacher.json", "distill.json", "train_scratch.json"}
+    assert set(baseline) == {"evaluate.json", "train_teacher.json", "distill.json", "train_scratch.json", "export.json"}
     evaluate = json.loads(baseline["evaluate.json"])
     assert set(evaluate) == {"teacher", "student_distilled", "student_scratch", "kd_gain", "gap_closed",
                              "compression"}
@@ -106,7 +109,7 @@ def test_repro_then_alpha_experiment_reruns_only_what_depends_on_alpha(repo):
     assert committed_alpha != 0.9
     exp = sh(["dvc", "exp", "run", "-S", "alpha=0.9"], repo)
     output = exp.stdout + exp.stderr
-    assert stages_run(output) == {"distill", "evaluate"}
+    assert stages_run(output) == ALPHA_STAGES
     assert stages_skipped(output) == {"prepare", "train_teacher", "soft_targets", "train_scratch"}
 
     params_diff = json.loads(sh(["dvc", "params", "diff", "--json"], repo).stdout)
@@ -145,6 +148,12 @@ def test_plots_report_and_evaluation_metrics(repo):
     for image in ("reliability", "confusion_teacher", "confusion_student_distilled", "confusion_student_scratch"):
         png = repo / f"reports/figures/{image}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figures/{image}.png" in summary
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert {"keras", "tflite_float32", "tflite_int8", "int8_accuracy_drop"} <= set(export)
+    assert export["tflite_int8"]["size_bytes"] < export["tflite_float32"]["size_bytes"]
+    assert "**Deployment**" in summary and "TFLite int8" in summary
+    for name in ("student_float32.tflite", "student_int8.tflite", "saved_model/saved_model.pb", "latency.json"):
+        assert (repo / "export" / name).is_file(), name
     latency = json.loads((repo / "reports/latency.json").read_text())
     assert all(latency[role]["batch_1"] > 0 and latency[role]["batch_256"] > 0 for role in ALL_ROLES)
 
@@ -193,7 +202,7 @@ def test_queued_grid_never_retrains_teacher_or_scratch(repo):
     assert len(status) == 4 and set(status.values()) == {"Success"}, status
     for name in status:
         log = sh(["dvc", "queue", "logs", name], repo).stdout
-        assert stages_run(log) == {"distill", "evaluate"}, name
+        assert stages_run(log) == ALPHA_STAGES, name
         assert {"train_teacher", "train_scratch", "soft_targets", "prepare"} <= stages_skipped(log), name
 
     changed = json.loads(sh(["dvc", "exp", "show", "--only-changed", "--json"], repo).stdout)

@@ -1,8 +1,6 @@
 """Bring your own data and teacher: npz files and image folders built on the fly, user .keras
 teachers, the ResNet family, augmentation, and every rejection message."""
 
-import zipfile
-
 import keras
 import numpy as np
 import pytest

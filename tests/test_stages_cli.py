@@ -1,20 +1,10 @@
 """The stage scripts as a user runs them: exit codes, one-line errors, no partial outputs."""
 
-import os
 import shutil
-import subprocess
-import sys
 
 import yaml
 
-from conftest import ROOT, minimal_params
-
-
-def run_stage(name, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("KDFLOW_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+from conftest import minimal_params, run_stage
 
 
 def write_params(path, **overrides):

@@ -1,0 +1,98 @@
+"""Deployable forms of the distilled student: a TensorFlow SavedModel and TFLite flatbuffers,
+float32 and full-integer int8 (post-training quantization calibrated on training images, as in
+TensorFlow's post-training quantization guide), each checked with the TFLite interpreter."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def save_saved_model(model, directory: Path) -> None:
+    model.export(str(directory), format="tf_saved_model", verbose=False)
+
+
+def to_tflite(saved_model_dir: Path, calibration: np.ndarray | None = None) -> bytes:
+    """float32 TFLite, or with ``calibration`` images full-integer int8 (int8 input and output)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+class TfliteModel:
+    """One TFLite model in the interpreter, called one sample at a time (as on a device);
+    int8 models get their inputs quantized and outputs dequantized with the model's own scales."""
+
+    def __init__(self, content: bytes):
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=1)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        x = image[None].astype(np.float32)
+        scale, zero_point = self.input["quantization"]
+        if self.input["dtype"] == np.int8:
+            x = np.clip(np.round(x / scale + zero_point), -128, 127)
+        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])[0]
+        scale, zero_point = self.output["quantization"]
+        return (y.astype(np.float32) - zero_point) * scale if self.output["dtype"] == np.int8 else y
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.stack([self(image) for image in x])
+
+    def latency_ms(self, x: np.ndarray, calls: int = 200) -> float:
+        """Median wall time of one single-sample call, after warm-up."""
+        for image in x[:10]:
+            self(image)
+        times = []
+        for i in range(calls):
+            start = time.perf_counter()
+            self(x[i % len(x)])
+            times.append((time.perf_counter() - start) * 1000)
+        return round(statistics.median(times), 4)
+
+
+def export_student(student, data, keras_file: Path, out_dir: Path, calibration_samples: int,
+                   seed: int) -> tuple[dict, dict]:
+    """Write ``out_dir``/saved_model, student_float32.tflite, student_int8.tflite and
+    latency.json; return the reproducible metrics (test accuracy and size of each form)."""
+    from kdflow.evaluation import predict_logits
+    from kdflow.io import write_json
+
+    x_train, _ = data.xy("train")
+    x_test, y_test = data.xy("test")
+    rng = np.random.default_rng(seed)
+    calibration = x_train[rng.choice(len(x_train), min(calibration_samples, len(x_train)), replace=False)]
+
+    def accuracy(logits):
+        return round(float(np.mean(logits.argmax(axis=1) == y_test)), 6)
+
+    metrics = {"keras": {"accuracy": accuracy(predict_logits(student, x_test)),
+                         "size_bytes": keras_file.stat().st_size}}
+    latency = {"unit": "ms, median of single-sample TFLite interpreter calls (1 thread)"}
+    save_saved_model(student, out_dir / "saved_model")
+    for form, images in (("tflite_float32", None), ("tflite_int8", calibration)):
+        content = to_tflite(out_dir / "saved_model", images)
+        (out_dir / f"student_{form.split('_')[1]}.tflite").write_bytes(content)
+        model = TfliteModel(content)
+        metrics[form] = {"accuracy": accuracy(model.predict(x_test)), "size_bytes": len(content)}
+        latency[form] = model.latency_ms(x_test)
+    write_json(out_dir / "latency.json", latency)
+    metrics["int8_accuracy_drop"] = round(metrics["keras"]["accuracy"] - metrics["tflite_int8"]["accuracy"], 6)
+    metrics["int8_size_ratio"] = round(metrics["keras"]["size_bytes"] / metrics["tflite_int8"]["size_bytes"], 4)
+    return metrics, latency
