@@ -207,6 +207,16 @@ class ExportParams(_Section):
     calibration_samples: int = Field(200, ge=1, le=100_000)
 
 
+class RuntimeParams(_Section):
+    """Where training runs (not what it learns): TensorFlow's distribution strategy, used by
+    every training stage. Each global batch (train_*.batch_size) is split across the replicas."""
+
+    # default: one device | mirrored: all local GPUs, else the CPU (split into cpu_replicas
+    # logical devices) | multi_worker: the hosts named by the TF_CONFIG environment variable
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    cpu_replicas: int = Field(1, ge=1, le=64)
+
+
 class Params(_Section):
     seed: int = Field(42, ge=0, lt=2**31)
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
@@ -224,6 +234,7 @@ class Params(_Section):
     dist: DistParams = DistParams()
     fitnet: FitnetParams = FitnetParams()
     export: ExportParams = ExportParams()
+    runtime: RuntimeParams = RuntimeParams()
 
     @model_validator(mode="after")
     def _no_student_augmentation(self) -> "Params":

@@ -13,7 +13,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from kdflow import repro, tracking
+from kdflow import distribute, repro, tracking
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
 from kdflow.evaluation import evaluate_logits, predict_logits
@@ -23,14 +23,22 @@ from kdflow.params import AugmentParams, Params
 from kdflow.training import fit
 
 
-def train_teacher(params: Params, data: Prepared, log_dir: Path | None = None) -> tuple[keras.Model, dict]:
-    """Train the teacher on the hard labels; per-epoch curves go to ``log_dir`` if given."""
+def train_teacher(params: Params, data: Prepared, log_dir: Path | None = None,
+                  run_dir: Path | None = None) -> tuple[keras.Model, dict]:
+    """Train the teacher on the hard labels; per-epoch curves go to ``log_dir`` if given, and
+    with ``run_dir`` the training resumes from the checkpoint kept there."""
     repro.make_deterministic(params.seed)
-    model = build_model(params.teacher, data.input_shape, data.num_classes, name="teacher")
     callbacks = [tracking.epoch_logger(log_dir)] if log_dir is not None else []
-    trained = with_augmentation(model, params.train_teacher.augment, params.seed)
-    summary = _fit_on(trained, data, params, "train_teacher", params.seed, loss=hard_ce, callbacks=callbacks)
+    with distribute.scope():
+        model = build_model(params.teacher, data.input_shape, data.num_classes, name="teacher")
+        trained = with_augmentation(model, params.train_teacher.augment, params.seed)
+        summary = _fit_on(trained, data, params, "train_teacher", params.seed, loss=hard_ce, callbacks=callbacks,
+                          checkpoint=_checkpoint(run_dir, "teacher"))
     return model, summary
+
+
+def _checkpoint(run_dir: Path | None, name: str) -> Path | None:
+    return run_dir / f"{name}.npz" if run_dir is not None else None
 
 
 def import_teacher(params: Params, data: Prepared) -> tuple[keras.Model, dict]:
@@ -99,29 +107,33 @@ def with_augmentation(model: keras.Model, augment: AugmentParams, seed: int) -> 
 
 def train_students(
     params: Params, data: Prepared, soft_targets: dict[str, np.ndarray] | None = None,
-    log_dir: Path | None = None,
+    log_dir: Path | None = None, run_dir: Path | None = None,
 ) -> Iterator[tuple[keras.Model, dict]]:
     """Yield ``params.repeats`` students, one per seed: scratch students when
     ``soft_targets`` is None, else students distilled from the cached teacher outputs.
-    Repeat 0's per-epoch curves go to ``log_dir`` if given."""
+    Repeat 0's per-epoch curves go to ``log_dir`` if given; with ``run_dir``, every repeat
+    resumes from (or, if finished, is restored from) its checkpoint there."""
     name = "student_scratch" if soft_targets is None else "student_distilled"
     for repeat in range(params.repeats):
         keras.backend.clear_session()  # free the previous repeat's graph before the next one
         seed = params.seed + repeat
         repro.make_deterministic(seed)
-        student = build_model(params.student, data.input_shape, data.num_classes, name=name)
         print(f"{name}: repeat {repeat + 1}/{params.repeats} (seed {seed})", flush=True)
         loggers = [tracking.epoch_logger(log_dir)] if log_dir is not None and repeat == 0 else []
-        if soft_targets is None:
-            summary = _fit_on(student, data, params, "train_student", seed, loss=hard_ce, callbacks=loggers)
-        else:
-            loss, metrics, callbacks = distillation_loss(params, data.num_classes)
-            callbacks = [*callbacks, *loggers]
-            trained = student
-            if params.distill.needs_teacher_features:
-                trained = with_hint_projection(student, params.fitnet.student_layer,
-                                               soft_targets["train_features"].shape[1])
-            summary = _fit_on(trained, data, params, "train_student", seed, loss, soft_targets, metrics, callbacks)
+        checkpoint = _checkpoint(run_dir, f"repeat_{repeat}")
+        with distribute.scope():
+            student = build_model(params.student, data.input_shape, data.num_classes, name=name)
+            if soft_targets is None:
+                summary = _fit_on(student, data, params, "train_student", seed, loss=hard_ce, callbacks=loggers,
+                                  checkpoint=checkpoint)
+            else:
+                loss, metrics, callbacks = distillation_loss(params, data.num_classes)
+                trained = student
+                if params.distill.needs_teacher_features:
+                    trained = with_hint_projection(student, params.fitnet.student_layer,
+                                                   soft_targets["train_features"].shape[1])
+                summary = _fit_on(trained, data, params, "train_student", seed, loss, soft_targets, metrics,
+                                  [*callbacks, *loggers], checkpoint)
         yield student, summary
 
 
@@ -142,7 +154,7 @@ def with_hint_projection(student: keras.Model, layer_name: str, width: int) -> k
     return keras.Model(student.inputs, outputs, name=f"{student.name}_with_hint")
 
 
-def _fit_on(model, data, params, section, seed, loss, soft_targets=None, metrics=None, callbacks=()):
+def _fit_on(model, data, params, section, seed, loss, soft_targets=None, metrics=None, callbacks=(), checkpoint=None):
     def targets(split_name):
         labels = data.xy(split_name)[1]
         if soft_targets is None:
@@ -159,4 +171,5 @@ def _fit_on(model, data, params, section, seed, loss, soft_targets=None, metrics
         metrics=metrics,
         extra_callbacks=list(callbacks),
         config_key=section,
+        checkpoint=checkpoint,
     )

@@ -36,4 +36,6 @@ def epoch_logger(directory: Path) -> keras.callbacks.Callback:
     from dvclive.keras import DVCLiveCallback
 
     live = Live(dir=str(directory), dvcyaml=None, save_dvc_exp=False, report=None)
-    return DVCLiveCallback(live=live)
+    callback = DVCLiveCallback(live=live)
+    callback.replay_on_resume = True  # a resumed fit re-logs the finished epochs (kdflow.resume)
+    return callback

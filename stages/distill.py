@@ -1,7 +1,7 @@
 """Stage `distill`: train `repeats` students on labels + cached teacher logits.
 
 Writes models/student_distilled.keras (repeat 0), models/student_distilled_repeats/ and
-metrics/distill.json.
+metrics/distill.json. A killed run resumes from its last finished epoch.
 """
 
 from kdflow.errors import run_stage
@@ -10,16 +10,18 @@ from kdflow.params import load_params
 
 def main() -> None:
     params = load_params()
-    from kdflow import artifacts, recipes, soft_targets, tracking
-    from kdflow.data import load_prepared
+    from kdflow import artifacts, distribute, recipes, resume, soft_targets, tracking
+    from kdflow.data import PREPARED_DIR, load_prepared
     from kdflow.io import atomic_dir, write_json
 
+    distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
     cache = soft_targets.load(data, with_features=params.distill.needs_teacher_features)
-    with atomic_dir(tracking.live_dir("distill")) as log_dir:
-        students = recipes.train_students(params, data, cache, log_dir=log_dir)
-        summary = artifacts.save_students("student_distilled", students)
-    write_json("metrics/distill.json", summary)
+    with resume.run_dir("distill", params, [PREPARED_DIR, soft_targets.SOFT_TARGETS_PATH]) as run_dir:
+        with atomic_dir(tracking.live_dir("distill")) as log_dir:
+            students = recipes.train_students(params, data, cache, log_dir=log_dir, run_dir=run_dir)
+            summary = artifacts.save_students("student_distilled", students)
+        write_json("metrics/distill.json", summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_distilled*")
 
