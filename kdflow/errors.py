@@ -36,7 +36,12 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except KeyboardInterrupt:
         print(f"kdflow {stage}: interrupted, no outputs written", file=sys.stderr)
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Temp files were removed as the interrupt unwound. Exit now: a normal interpreter
+        # shutdown while TensorFlow's input-pipeline threads are still running can abort in
+        # glibc (seen once: "malloc assertion failure", SIGABRT instead of status 130).
+        os._exit(130)
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything here
         if os.environ.get(DEBUG_ENV):
             raise

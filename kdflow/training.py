@@ -37,22 +37,19 @@ def make_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int 
     the batches of ``epochs``, each epoch in its own order, a function of (seed, epoch number)
     only, so a run resumed at epoch k reads exactly the batches an uninterrupted run reads.
     Batches are gathered by index from the arrays loaded once (no shuffle buffer copy)."""
-    options = tf.data.Options()
-    # Under a multi-worker strategy each worker takes its share of every global batch.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     if seed is None:
-        ds = tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size)
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     x_all, t_all = tf.constant(x), tf.constant(targets)
     n = len(x)
 
     def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed_pair)
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     ds = ds.map(lambda idx: (tf.gather(x_all, idx), tf.gather(t_all, idx)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _steps_per_execution(steps_per_epoch: int) -> int:
