@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -32,16 +34,25 @@ def run_stage(main: Callable[[], None]) -> None:
     to see any error's traceback on the terminal instead.
     """
     stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
-    try:
-        main()
-    except KeyboardInterrupt:
+
+    def interrupted(signum=None, frame=None):
+        # Exit at once, without unwinding: a KeyboardInterrupt unwinding through a running
+        # TensorFlow fit, or the interpreter shutdown after it, sometimes aborted in glibc
+        # (SIGABRT instead of status 130). This run's temp outputs are removed first.
+        from kdflow.io import ACTIVE_TEMPS
+
+        for tmp in list(ACTIVE_TEMPS):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         print(f"kdflow {stage}: interrupted, no outputs written", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        # Temp files were removed as the interrupt unwound. Exit now: a normal interpreter
-        # shutdown while TensorFlow's input-pipeline threads are still running can abort in
-        # glibc (seen once: "malloc assertion failure", SIGABRT instead of status 130).
         os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        main()
+    except KeyboardInterrupt:
+        interrupted()
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything here
         if os.environ.get(DEBUG_ENV):
             raise

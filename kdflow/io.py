@@ -22,6 +22,8 @@ import numpy as np
 from kdflow.errors import KdflowError
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Temp outputs of this process being written now: removed by the stage wrapper on Ctrl-C.
+ACTIVE_TEMPS: set[Path] = set()
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -40,11 +42,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    ACTIVE_TEMPS.add(tmp_path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+        ACTIVE_TEMPS.discard(tmp_path)
 
 
 @contextmanager
@@ -56,6 +60,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     _remove_stale_temps(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary project folder
+    ACTIVE_TEMPS.add(staging)
     try:
         yield staging
         if path.exists():
@@ -63,6 +68,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         staging.rename(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left if the block failed
+        ACTIVE_TEMPS.discard(staging)
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:

@@ -48,7 +48,8 @@ def make_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int 
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
-    ds = ds.map(lambda idx: (tf.gather(x_all, idx), tf.gather(t_all, idx)), num_parallel_calls=tf.data.AUTOTUNE)
+    # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
+    ds = ds.map(lambda idx: (tf.gather(x_all, idx), tf.gather(t_all, idx)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
