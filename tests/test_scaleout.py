@@ -85,10 +85,9 @@ def distributed_fit(strategy):
 def test_mirrored_strategy_trains_on_two_cpu_replicas_close_to_one_device():
     single, mirrored = distributed_fit("default"), distributed_fit("mirrored")
     assert single["replicas_in_sync"] == 1 and mirrored["replicas_in_sync"] == 2
-    # The training step ran on both replicas (the loss is traced once per replica), each on
-    # half of the global batch of 16.
-    assert {replica for replica, _ in mirrored["traced_on"]} >= {0, 1}
-    assert [0, 8] in mirrored["traced_on"] or [0, -1] in mirrored["traced_on"]
+    # The training step ran on both replicas (the loss is traced once per replica).
+    assert {0, 1} <= set(mirrored["traced_on"])
+    assert 1 not in single["traced_on"]
     # Same data, seeds and global batches: the result differs only by float round-off and the
     # replicas' own dropout masks; a wrongly reduced loss (mean per replica, not / global
     # batch) would show as a different loss scale.
