@@ -197,17 +197,22 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([a-z_]+)'", output))
 
 
+def copy_project(repo: Path) -> None:
+    """This project's pipeline files (not its outputs) into ``repo`` (also used by the tests)."""
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, repo / name
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+
+
 def make_project(workdir: Path, overrides: dict) -> Path:
     import yaml
 
     repo = workdir / "project"
-    for name in PROJECT_FILES:
-        src, dst = ROOT / name, repo / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+    copy_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for dotted, value in overrides.items():
         *parents, last = dotted.split(".")

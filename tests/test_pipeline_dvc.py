@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -12,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from benchmarks.run import copy_project
 
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "kdflow", "stages", "inputs", ".dvc/config", ".dvcignore", ".gitignore"]
 ALL_ROLES = ("teacher", "student_distilled", "student_scratch")
 ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "export", "evaluate"}
 # What depends on alpha / temperature: the distilled student and what consumes it.
@@ -41,13 +39,7 @@ def stages_skipped(output: str) -> set[str]:
 
 def make_repo(repo: Path, commit: bool = True, **param_updates) -> Path:
     """The project's files in a fresh git repository, with tiny training settings."""
-    for name in PROJECT_FILES:
-        src, dst = ROOT / name, repo / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
+    copy_project(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["teacher"].update(arch="spec", spec={"conv_filters": [8], "dense_units": [32]})
     params["repeats"] = 2
