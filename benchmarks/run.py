@@ -84,8 +84,7 @@ def training_speed(epochs: int, n_train: int | None, seed: int = 0) -> dict:
     from kdflow import repro
     from kdflow.losses import distillation_loss, hard_ce, pack_targets
     from kdflow.models import build_model
-    from kdflow.params import ModelParams, Params, TeacherParams, TrainParams
-    from kdflow.params import DataParams
+    from kdflow.params import DataParams, ModelParams, Params, TeacherParams, TrainParams, load_params
     from kdflow.sources import load
     from kdflow.training import fit
 
@@ -96,9 +95,8 @@ def training_speed(epochs: int, n_train: int | None, seed: int = 0) -> dict:
     x, y = raw.x[order[:4500]][:n_train], raw.y[order[:4500]][:n_train]
     x_val, y_val = raw.x[order[4500:]], raw.y[order[4500:]]
     student_cfg = ModelParams(arch="notebook_student")
-    teachers = {"default": TeacherParams(arch="spec", spec={"conv_filters": [32, 64], "dense_units": [128],
-                                                            "dropout": 0.3}),
-                "large": TeacherParams(arch="resnet20_w2")}
+    # The committed default teacher (ResNet-20, 13x the student) and a 53x larger one.
+    teachers = {"default": load_params(ROOT / "params.yaml").teacher, "large": TeacherParams(arch="resnet20_w2")}
     cfg = TrainParams(epochs=epochs, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
     params = Params(teacher=teachers["default"], student=student_cfg, alpha=0.5, temperature=4.0)
     shape, classes = x.shape[1:], 10
@@ -252,23 +250,46 @@ def run_measured(args, cwd) -> tuple[float, float]:
 
 BASELINE_SNIPPET = ("import keras, tensorflow as tf, sklearn, scipy, dvclive; "
                     "from kdflow import recipes, comparison, report, soft_targets")
-# The same imports plus one plain `model.fit` of the student on arrays of the prepared data's size:
-# the runtime's own cost of training anything at all (graphs, kernels, allocator pools).
+# The same imports, the prepared data and one plain `model.fit` of a model (the stage's teacher or
+# student) on it: what Keras itself needs to hold this data and train this model (graphs, kernels,
+# allocator pools, its own dataset copy); a stage's peak is compared with it.
 PLAIN_FIT_SNIPPET = BASELINE_SNIPPET + """
-import numpy as np
+import sys
 from kdflow.data import load_prepared
 from kdflow.models import build_model
 from kdflow.params import load_params
-data = load_prepared(("train", "val"))
+data = load_prepared(("train", "val", "test"))
 x, y = data.xy("train")
-m = build_model(load_params().student, data.input_shape, data.num_classes, "s")
+m = build_model(getattr(load_params(), sys.argv[1]), data.input_shape, data.num_classes, "m")
 m.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 m.fit(x, y, epochs=2, verbose=0)
 """
 
 
+def queue_grid(repo: Path, run: int) -> dict:
+    """A 3 x 3 alpha x temperature grid through DVC's queue (one worker): wall time and what ran.
+    The values differ from run to run, so that no run finds its results in the run-cache."""
+    alphas = ",".join(str(round(a + 0.01 * run, 2)) for a in (0.2, 0.5, 0.8))
+    sh(["dvc", "exp", "run", "--queue", "-S", f"alpha={alphas}", "-S", "temperature=2,4,8"], repo)
+    start = time.perf_counter()
+    sh(["dvc", "queue", "start", "-j", "1"], repo)
+    while True:
+        status = sh(["dvc", "queue", "status"], repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(2)
+    seconds = time.perf_counter() - start
+    names = re.findall(r"^\S+\s+(\S+)\s+.*\bSuccess\b", status, flags=re.M)
+    ran = [stages_run(sh(["dvc", "queue", "logs", n], repo).stdout) for n in names]
+    sh(["dvc", "exp", "remove", "--all-commits", "-q"], repo)
+    sh(["dvc", "queue", "remove", "--all"], repo)
+    return {"seconds": round(seconds, 2), "experiments": len(names), "stages_run": sorted({s for r in ran for s in r}),
+            "teacher_soft_targets_or_scratch_runs": sum(
+                len(r & {"train_teacher", "soft_targets", "train_scratch"}) for r in ran)}
+
+
 def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str, ...]) -> dict:
-    out = {"full_repro_s": [], "exp_run_alpha_s": [], "ratio": []}
+    out = {"full_repro_s": [], "exp_run_alpha_s": [], "ratio": [], "grid": [], "grid_ratio": []}
     with tempfile.TemporaryDirectory(prefix="kdflow-bench-") as tmp:
         repo = make_project(Path(tmp), overrides)
         alphas = [0.9, 0.8, 0.7, 0.6, 0.3]
@@ -282,6 +303,11 @@ def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str,
             out["full_repro_s"].append(round(full, 2))
             out["exp_run_alpha_s"].append(round(alpha, 2))
             out["ratio"].append(alpha / full)
+            if grid:
+                result = queue_grid(repo, run)
+                assert result["experiments"] == 9, result
+                out["grid"].append(result)
+                out["grid_ratio"].append(result["seconds"] / (9 * alpha))
 
         # Per-stage wall time and peak memory, each stage run alone (outputs are rewritten identically).
         stages = {}
@@ -289,7 +315,8 @@ def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str,
             wall, peak = run_measured([sys.executable, "-m", f"stages.{stage}"], repo)
             stages[stage] = {"wall_s": round(wall, 2), "peak_rss_mib": round(peak, 1)}
         _, baseline = run_measured([sys.executable, "-c", BASELINE_SNIPPET], repo)
-        _, plain_fit_peak = run_measured([sys.executable, "-c", PLAIN_FIT_SNIPPET], repo)
+        plain_fit_peak = {role: run_measured([sys.executable, "-c", PLAIN_FIT_SNIPPET, role], repo)[1]
+                          for role in ("teacher", "student")}
         sizes = {"teacher": (repo / "models/teacher.keras").stat().st_size / 2**20,
                  "student": (repo / "models/student_distilled.keras").stat().st_size / 2**20}
         # A stage holds the full dataset (uncompressed float32) and its models.
@@ -300,32 +327,18 @@ def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str,
         model_mib = {"prepare": 0, "train_teacher": sizes["teacher"], "soft_targets": sizes["teacher"],
                      "distill": sizes["student"], "train_scratch": sizes["student"], "export": sizes["student"],
                      "evaluate": sizes["teacher"] + 2 * sizes["student"]}
+        plain_fit_of = {"train_teacher": "teacher", "soft_targets": "teacher", "evaluate": "teacher"}
         for stage, info in stages.items():
+            reference = plain_fit_peak[plain_fit_of.get(stage, "student")]
             info["above_tf_baseline_mib"] = round(info["peak_rss_mib"] - baseline, 1)
-            info["above_plain_fit_mib"] = round(info["peak_rss_mib"] - plain_fit_peak, 1)
+            info["above_plain_fit_mib"] = round(info["peak_rss_mib"] - reference, 1)
             info["data_plus_model_mib"] = round(data_mib + model_mib[stage], 1)
             info["ratio"] = round(info["above_tf_baseline_mib"] / info["data_plus_model_mib"], 2)
         out["stages"] = stages
         out["tf_baseline_peak_rss_mib"] = round(baseline, 1)
-        out["plain_fit_peak_rss_mib"] = round(plain_fit_peak, 1)
+        out["plain_fit_peak_rss_mib"] = {k: round(v, 1) for k, v in plain_fit_peak.items()}
         out["dataset_mib"] = round(data_mib, 1)
 
-        if grid:
-            sh(["dvc", "exp", "run", "--queue", "-S", "alpha=0.2,0.5,0.8", "-S", "temperature=2,4,8"], repo)
-            start = time.perf_counter()
-            sh(["dvc", "queue", "start", "-j", "1"], repo)
-            while True:
-                status = sh(["dvc", "queue", "status"], repo).stdout
-                if not re.search(r"\b(Queued|Running)\b", status):
-                    break
-                time.sleep(2)
-            out["grid_3x3_s"] = round(time.perf_counter() - start, 2)
-            names = re.findall(r"^\S+\s+(\S+)\s+.*\bSuccess\b", status, flags=re.M)
-            ran = [stages_run(sh(["dvc", "queue", "logs", n], repo).stdout) for n in names]
-            out["grid_experiments"] = len(names)
-            out["grid_stages_run"] = sorted({s for r in ran for s in r})
-            out["grid_teacher_or_scratch_trainings"] = sum(
-                len(r & {"train_teacher", "train_scratch", "soft_targets"}) for r in ran)
     return out
 
 
@@ -374,9 +387,9 @@ def main() -> None:
         "stage_memory_vs_data_and_model": spread([s["ratio"] for name, s in pipe["stages"].items()
                                                   if name != "prepare"]),
     }
-    if "grid_3x3_s" in pipe:
-        ratios["grid_3x3_vs_9_alpha_runs"] = spread(
-            [pipe["grid_3x3_s"] / (9 * statistics.median(pipe["exp_run_alpha_s"]))])
+    grid_ratios = pipe.pop("grid_ratio")
+    if grid_ratios:
+        ratios["grid_3x3_vs_9_alpha_runs"] = spread(grid_ratios)
     for name, value in ratios.items():
         if name in TARGETS:
             value["target"] = TARGETS[name]

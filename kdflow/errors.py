@@ -46,9 +46,11 @@ def run_stage(main: Callable[[], None]) -> None:
         print(f"kdflow {stage}: interrupted, no outputs written", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(128 + (signum or signal.SIGINT))  # 130 for Ctrl-C, 143 for SIGTERM
 
-    signal.signal(signal.SIGINT, interrupted)
+    # SIGTERM too: what `kill`, `dvc queue kill` and CI time-outs send.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, interrupted)
     try:
         main()
     except KeyboardInterrupt:

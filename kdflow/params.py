@@ -197,7 +197,7 @@ class FitnetParams(_Section):
     output goes through a learned linear projection and is regressed (MSE) onto the teacher
     layer's output; the term is added to the KD loss."""
 
-    teacher_layer: str = "dense0"
+    teacher_layer: str = "pool"  # the default ResNet teacher's global average pool
     student_layer: str = "flatten"
     weight: float = Field(1.0, ge=0)
 

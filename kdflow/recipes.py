@@ -114,26 +114,33 @@ def train_students(
     Repeat 0's per-epoch curves go to ``log_dir`` if given; with ``run_dir``, every repeat
     resumes from (or, if finished, is restored from) its checkpoint there."""
     name = "student_scratch" if soft_targets is None else "student_distilled"
+    loss, metrics, callbacks = hard_ce, None, []
+    if soft_targets is not None:
+        with distribute.scope():  # the loss may hold a variable (the soft term's warm-up weight)
+            loss, metrics, callbacks = distillation_loss(params, data.num_classes)
+    # One model trains every repeat: each repeat assigns it a freshly built model's initial
+    # weights (the same as building anew under its seed), so its training step is traced once
+    # per stage, not once per repeat (time, and memory that clear_session does not give back).
+    student = trained = None
     for repeat in range(params.repeats):
-        keras.backend.clear_session()  # free the previous repeat's graph before the next one
         seed = params.seed + repeat
         repro.make_deterministic(seed)
         print(f"{name}: repeat {repeat + 1}/{params.repeats} (seed {seed})", flush=True)
         loggers = [tracking.epoch_logger(log_dir)] if log_dir is not None and repeat == 0 else []
-        checkpoint = _checkpoint(run_dir, f"repeat_{repeat}")
         with distribute.scope():
-            student = build_model(params.student, data.input_shape, data.num_classes, name=name)
-            if soft_targets is None:
-                summary = _fit_on(student, data, params, "train_student", seed, loss=hard_ce, callbacks=loggers,
-                                  checkpoint=checkpoint)
+            initial = build_model(params.student, data.input_shape, data.num_classes, name=name)
+            initial_trained = initial
+            if params.distill.needs_teacher_features and soft_targets is not None:
+                initial_trained = with_hint_projection(initial, params.fitnet.student_layer,
+                                                       soft_targets["train_features"].shape[1])
+            if trained is None:
+                student, trained = initial, initial_trained
             else:
-                loss, metrics, callbacks = distillation_loss(params, data.num_classes)
-                trained = student
-                if params.distill.needs_teacher_features:
-                    trained = with_hint_projection(student, params.fitnet.student_layer,
-                                                   soft_targets["train_features"].shape[1])
-                summary = _fit_on(trained, data, params, "train_student", seed, loss, soft_targets, metrics,
-                                  [*callbacks, *loggers], checkpoint)
+                for variable, value in zip(trained.variables, initial_trained.variables, strict=True):
+                    variable.assign(value)
+            summary = _fit_on(trained, data, params, "train_student", seed, loss, soft_targets, metrics,
+                              [*callbacks, *loggers], _checkpoint(run_dir, f"repeat_{repeat}"))
+        # The same model object for every repeat: the caller saves it before the next one starts.
         yield student, summary
 
 
