@@ -26,6 +26,8 @@ def test_quick_benchmark_prints_every_ratio_with_its_target():
         assert ratios[name]["median"] > 0, name
     # the online teacher (Keras' Distiller) runs a 50x larger network every step: slower than cached logits
     assert ratios["online_large_teacher_epoch_vs_scratch"]["median"] > ratios["distill_large_teacher_epoch_vs_scratch"]["median"]
+    # `dvc exp run -S alpha=...` reran only what depends on alpha
+    assert report["pipeline"]["exp_run_stages"] == [["distill", "evaluate", "export"]]
     stages = report["pipeline"]["stages"]
     assert set(stages) == {"distill", "train_scratch"}
     # the launcher makes each stage's peak its own, not the TF-loaded benchmark process's

@@ -22,6 +22,7 @@ def apply(tmp_path, name):
 def test_reference_repo_setting(tmp_path):
     p = apply(tmp_path, "reference_repo_fashion_mnist.txt")
     assert p.data.name == "fashion_mnist"
+    assert not p.train_teacher.augment.enabled  # the reference trained its teacher without augmentation
     assert p.teacher.resolved_spec() == PRESETS["repo_teacher"]
     assert p.student.resolved_spec() == PRESETS["repo_student"]
     assert (p.alpha, p.temperature) == (0.9, 2)
@@ -32,6 +33,7 @@ def test_reference_repo_setting(tmp_path):
 def test_reference_notebook_setting(tmp_path):
     p = apply(tmp_path, "reference_notebook_cifar10.txt")
     assert p.data.name == "cifar10"
+    assert not p.train_teacher.augment.enabled  # the reference trained its teacher without augmentation
     assert p.teacher.resolved_spec() == PRESETS["notebook_teacher"]
     assert p.student.resolved_spec() == PRESETS["notebook_student"]
     assert (p.alpha, p.temperature) == (0.1, 10)
