@@ -348,6 +348,9 @@ def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str,
             info["above_plain_fit_mib"] = round(info["peak_rss_mib"] - reference, 1)
             info["data_plus_model_mib"] = round(data_mib + model_mib[stage], 1)
             info["ratio"] = round(info["above_tf_baseline_mib"] / info["data_plus_model_mib"], 2)
+            # What Keras itself costs: the stage's growth over the imports, as a multiple of a
+            # plain fit's growth (1.0 = the stage holds no more than model.fit does).
+            info["vs_plain_fit"] = round(info["above_tf_baseline_mib"] / (reference - baseline), 2)
         out["stages"] = stages
         out["tf_baseline_peak_rss_mib"] = round(baseline, 1)
         out["plain_fit_peak_rss_mib"] = {k: round(v, 1) for k, v in plain_fit_peak.items()}
@@ -400,6 +403,8 @@ def main() -> None:
         # prepare does not load TensorFlow: it stays below the TF baseline and is left out.
         "stage_memory_vs_data_and_model": spread([s["ratio"] for name, s in pipe["stages"].items()
                                                   if name != "prepare"]),
+        "stage_memory_vs_plain_fit": spread([s["vs_plain_fit"] for name, s in pipe["stages"].items()
+                                             if name != "prepare"]),
     }
     grid_ratios = pipe.pop("grid_ratio")
     if grid_ratios:

@@ -22,7 +22,7 @@ def test_quick_benchmark_prints_every_ratio_with_its_target():
         assert ratios[name]["target"] > 0 and isinstance(ratios[name]["met"], bool), name
         assert ratios[name]["min"] <= ratios[name]["median"] <= ratios[name]["max"], name
     for name in ("distill_epoch_vs_scratch", "online_large_teacher_epoch_vs_scratch", "xla_vs_no_xla_scratch_time",
-                 "exp_run_alpha_vs_full_repro"):
+                 "exp_run_alpha_vs_full_repro", "stage_memory_vs_plain_fit"):
         assert ratios[name]["median"] > 0, name
     # the online teacher (Keras' Distiller) runs a 50x larger network every step: slower than cached logits
     assert ratios["online_large_teacher_epoch_vs_scratch"]["median"] > ratios["distill_large_teacher_epoch_vs_scratch"]["median"]

@@ -125,3 +125,27 @@ def test_fitnet_bad_layer_names_are_clear_errors():
     cache = soft_targets.compute(teacher, data, feature_layer="dense0")
     with pytest.raises(KdflowError, match=r"fitnet.student_layer = 'nope' is not a student layer"):
         only(recipes.train_students(params, data, cache))
+
+
+def test_training_images_are_copied_to_tensorflow_once_per_array():
+    from kdflow.training import make_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 4, 4, 1), dtype=np.float32)
+    targets = pack_targets(rng.integers(0, 3, 40))
+
+    def batches(images):
+        return [b[0].numpy() for b in make_dataset(images, targets, batch_size=16, seed=1, epochs=range(2))]
+
+    first = batches(x)
+    assert [len(b) for b in first] == [16, 16, 8] * 2
+    # Every sample once per epoch, in a seeded order that differs between epochs.
+    np.testing.assert_array_equal(np.sort(np.concatenate(first[:3]).ravel()), np.sort(x.ravel()))
+    assert not np.array_equal(first[0], first[3])
+    # The same array again (the next repeat of a stage) reuses the tensor and reads the same batches...
+    for a, b in zip(first, batches(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # ...and another array of the same shape is never served the cached one.
+    other = x + 1.0
+    for a, b in zip(first, batches(other), strict=True):
+        np.testing.assert_array_equal(a + 1.0, b)
