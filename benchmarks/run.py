@@ -383,7 +383,12 @@ def main() -> None:
     overrides = ({"repeats": 1, "train_teacher.epochs": 1, "train_student.epochs": 1} if args.quick else {})
 
     with contextlib.redirect_stdout(sys.stderr):  # Keras' per-epoch lines; stdout is for the JSON
-        speed_runs = [training_speed(epochs, n_train, seed=run) for run in range(runs)]
+        speed_runs = []
+        for run in range(runs):
+            speed_runs.append(training_speed(epochs, n_train, seed=run))
+            # Progress (stderr): a run cut short still leaves these numbers behind.
+            print(f"benchmark speed run {run}: epoch seconds {json.dumps(speed_runs[-1]['epoch_seconds'])}",
+                  flush=True)
 
     def ratio(a, b):
         return spread([r["epoch_seconds"][a] / r["epoch_seconds"][b] for r in speed_runs])

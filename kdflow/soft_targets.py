@@ -13,6 +13,7 @@ import numpy as np
 
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
+from kdflow.evaluation import INFERENCE_BATCH_SIZE
 from kdflow.io import load_npz, save_npz
 
 SOFT_TARGETS_PATH = Path("data/soft_targets/logits.npz")
@@ -34,7 +35,7 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[s
     extractor = keras.Model(teacher.inputs, outputs)
     cache = {}
     for name in SPLITS:
-        result = extractor.predict(data.xy(name)[0], batch_size=512, verbose=0)
+        result = extractor.predict(data.xy(name)[0], batch_size=INFERENCE_BATCH_SIZE, verbose=0)
         result = result if isinstance(result, list) else [result]
         cache[name] = result[0].astype(np.float32)
         if feature_layer is not None:

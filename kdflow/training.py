@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdflow.errors import KdflowError
+from kdflow.evaluation import INFERENCE_BATCH_SIZE
 from kdflow.losses import LossFn, accuracy, hard_ce
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
@@ -158,7 +159,7 @@ def fit(
             steps_per_epoch=steps_per_epoch,
             initial_epoch=state.first_epoch,
             shuffle=False,  # make_dataset orders the batches (a seeded order per epoch)
-            validation_data=make_dataset(*val, batch_size=max(cfg.batch_size, 256)),
+            validation_data=make_dataset(*val, batch_size=INFERENCE_BATCH_SIZE),
             epochs=cfg.epochs,
             callbacks=callbacks,
             # Progress bar in a terminal, one line per epoch in logs (CI, dvc queue logs).
