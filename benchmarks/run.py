@@ -252,18 +252,20 @@ def run_measured(args, cwd) -> tuple[float, float]:
 BASELINE_SNIPPET = ("import keras, tensorflow as tf, sklearn, scipy, dvclive; "
                     "from kdflow import recipes, comparison, report, soft_targets")
 # The same imports, the prepared data and one plain `model.fit` of a model (the stage's teacher or
-# student) on it: what Keras itself needs to hold this data and train this model (graphs, kernels,
-# allocator pools, its own dataset copy); a stage's peak is compared with it.
+# student) on it, with the stage's batch size and a validation pass as the stages have: what Keras
+# itself needs to hold this data and train this model (graphs, kernels, allocator pools, its own
+# dataset copies); a stage's peak is compared with it.
 PLAIN_FIT_SNIPPET = BASELINE_SNIPPET + """
 import sys
 from kdflow.data import load_prepared
 from kdflow.models import build_model
 from kdflow.params import load_params
 data = load_prepared(("train", "val", "test"))
-x, y = data.xy("train")
-m = build_model(getattr(load_params(), sys.argv[1]), data.input_shape, data.num_classes, "m")
+params, role = load_params(), sys.argv[1]
+cfg = params.train_teacher if role == "teacher" else params.train_student
+m = build_model(getattr(params, role), data.input_shape, data.num_classes, "m")
 m.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-m.fit(x, y, epochs=2, verbose=0)
+m.fit(*data.xy("train"), batch_size=cfg.batch_size, epochs=2, validation_data=data.xy("val"), verbose=0)
 """
 
 
