@@ -90,7 +90,7 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
     keeps the median epoch without the round's first (which includes setting up the round's
     input iterator). A ratio is taken within each round, between epochs timed seconds apart, and
     then its median over the rounds: on a shared 2-core machine, epoch times of one variant
-    drifted by 20-40% between runs a minute apart, more than the differences measured."""
+    drifted by up to 60% between runs a minute apart, more than the differences measured."""
     import keras
 
     from kdflow import repro
