@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from kdflow.errors import KdflowError
-from kdflow.io import load_npz, read_json, save_npz, write_json
+from kdflow.io import RowBlocks, as_bytes, load_npz, read_json, save_npz, write_json
 from kdflow.params import DataParams
 from kdflow.sources import RawData, load
 
@@ -18,58 +19,97 @@ PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 
 
-def split(raw: RawData, cfg: DataParams, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Deterministic stratified train/val/test split; fractions are of the whole dataset.
-
-    A source's own test set is kept as-is, and val is carved from its training part.
-    """
+def split_indices(raw: RawData, cfg: DataParams, seed: int) -> dict[str, np.ndarray | None]:
+    """Deterministic stratified train/val/test split of the sample indices; fractions are of
+    the whole dataset. A source's own test set is kept as-is (index None), and val is carved
+    from its training part."""
     try:
         if raw.x_test is None:
-            x_rest, x_test, y_rest, y_test = train_test_split(
-                raw.x, raw.y, test_size=cfg.test_fraction, stratify=raw.y, random_state=seed
-            )
+            rest, test = train_test_split(np.arange(len(raw.y)), test_size=cfg.test_fraction, stratify=raw.y,
+                                          random_state=seed)
             val_size = cfg.val_fraction / (1.0 - cfg.test_fraction)
         else:
-            x_rest, y_rest, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
+            rest, test = np.arange(len(raw.y)), None
             val_size = cfg.val_fraction
-        x_train, x_val, y_train, y_val = train_test_split(
-            x_rest, y_rest, test_size=val_size, stratify=y_rest, random_state=seed
-        )
+        train, val = train_test_split(rest, test_size=val_size, stratify=raw.y[rest], random_state=seed)
     except ValueError as exc:  # scikit-learn: a split too small to hold every class
         raise KdflowError(
             f"data: {len(raw.y)} samples in {len(np.unique(raw.y))} classes are too few for "
             f"val_fraction={cfg.val_fraction:g} / test_fraction={cfg.test_fraction:g} "
             f"with every class in every split ({exc})"
         ) from None
-    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    return {"train": train, "val": val, "test": test}
 
 
-def content_hash(arrays: dict[str, np.ndarray]) -> str:
+class SplitArrays(Mapping):
+    """x_<split> and y_<split> of each split, gathered from the source when read."""
+
+    def __init__(self, raw: RawData, indices: dict[str, np.ndarray | None]):
+        self.raw, self.indices = raw, indices
+
+    def _source(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        axis, _, name = key.partition("_")
+        index = self.indices[name]
+        if index is None:
+            return (self.raw.x_test if axis == "x" else self.raw.y_test), None
+        return (self.raw.x if axis == "x" else self.raw.y), index
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        source, index = self._source(key)
+        return source if index is None else source[index]
+
+    def rows(self, key: str, block_bytes: int = 2**21) -> RowBlocks:
+        """The same array as blocks of about ``block_bytes``: prepare hashes and writes each
+        split without gathering it whole, so it holds the source and a block or two (gathered
+        splits used to add a copy of the whole dataset, and splitting the arrays with
+        train_test_split another of train+val)."""
+        source, index = self._source(key)
+        if index is None:
+            return RowBlocks.of(source)
+        block = max(1, block_bytes // max(1, source[:1].nbytes))
+        return RowBlocks((len(index), *source.shape[1:]), source.dtype,
+                         lambda: (source[index[i:i + block]] for i in range(0, len(index), block)))
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{axis}_{name}" for name in self.indices for axis in ("x", "y"))
+
+    def __len__(self) -> int:
+        return 2 * len(self.indices)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(self.raw.y_test if index is None else index) for name, index in self.indices.items()}
+
+
+def split(raw: RawData, cfg: DataParams, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The (x, y) arrays of each split (see ``split_indices``)."""
+    arrays = SplitArrays(raw, split_indices(raw, cfg, seed))
+    return {name: (arrays[f"x_{name}"], arrays[f"y_{name}"]) for name in SPLITS}
+
+
+def content_hash(arrays: Mapping[str, np.ndarray | RowBlocks]) -> str:
     digest = hashlib.sha256()
     for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(array.tobytes())
+        rows = arrays[name] if isinstance(arrays[name], RowBlocks) else RowBlocks.of(np.asarray(arrays[name]))
+        digest.update(f"{name}:{rows.dtype.str}:{rows.shape}".encode())
+        for block in rows.blocks():
+            digest.update(as_bytes(block))
     return digest.hexdigest()
 
 
 def prepare(cfg: DataParams, seed: int, out_dir: Path = PREPARED_DIR) -> dict:
     """Load, scale and split the dataset named in ``cfg``; write data.npz and meta.json."""
     raw = load(cfg)
-    parts = split(raw, cfg, seed)
-    arrays = {}
-    for name, (x, y) in parts.items():
-        arrays[f"x_{name}"] = x
-        arrays[f"y_{name}"] = y
+    arrays = SplitArrays(raw, split_indices(raw, cfg, seed))
+    rows = {key: arrays.rows(key) for key in arrays}
     meta = {
         "dataset": cfg.name,
         "num_classes": len(raw.class_names),
         "class_names": list(raw.class_names),
         "input_shape": list(raw.x.shape[1:]),
-        "sizes": {name: int(len(y)) for name, (_, y) in parts.items()},
-        "content_hash": content_hash(arrays),
+        "sizes": arrays.sizes(),
+        "content_hash": content_hash(rows),
     }
-    save_npz(out_dir / "data.npz", **arrays)
+    save_npz(out_dir / "data.npz", rows)
     write_json(out_dir / "meta.json", meta)
     return meta
 

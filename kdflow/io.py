@@ -7,15 +7,15 @@ are rewritten with fixed timestamps so the same content always hashes the same i
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -86,24 +86,59 @@ def read_json(path: str | Path, *, produced_by: str) -> dict[str, Any]:
         raise KdflowError(f"{path} is corrupt: rerun `dvc repro --force {produced_by}`") from None
 
 
+def _fixed_zip_info(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
+
+
 def _write_fixed_zip(dest: Path, members: Mapping[str, bytes]) -> None:
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, payload in members.items():
-            info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, payload)
+            zf.writestr(_fixed_zip_info(name), payload)
 
 
-def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Like np.savez_compressed, but deterministic bytes and an atomic write."""
-    members = {}
-    for name, array in sorted(arrays.items()):
-        buffer = io.BytesIO()
-        np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
-        members[f"{name}.npy"] = buffer.getvalue()
-    with atomic_path(path) as tmp:
-        _write_fixed_zip(tmp, members)
+@dataclass(frozen=True)
+class RowBlocks:
+    """An array given as consecutive blocks of rows, made on demand: it can be hashed and
+    saved without ever being held whole (see kdflow.data.prepare)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    blocks: Callable[[], Iterator[np.ndarray]]
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> "RowBlocks":
+        return cls(tuple(int(n) for n in array.shape), array.dtype, lambda: iter([array]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+def as_bytes(array: np.ndarray) -> memoryview:
+    """The array's bytes in C order, without a copy where it is already contiguous."""
+    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")  # reshape: 0-d arrays too
+
+
+def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray | RowBlocks] | None = None, /, **more: Any) -> None:
+    """Like np.savez_compressed(path, **arrays, **more), but deterministic bytes and an atomic
+    write. The arrays are taken one at a time, in name order, and streamed into their zip
+    members straight from memory (no tobytes copy; a BytesIO per array used to hold two)."""
+    arrays = {**(arrays or {}), **more}
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            value = arrays[name]
+            rows = value if isinstance(value, RowBlocks) else RowBlocks.of(np.asarray(value))
+            if rows.dtype.hasobject:
+                raise ValueError(f"{name}: object arrays cannot be saved without pickle")
+            header = {"descr": np.lib.format.dtype_to_descr(rows.dtype), "fortran_order": False, "shape": rows.shape}
+            # Zip64 headers where writestr would put them (it decides from the known size).
+            with zf.open(_fixed_zip_info(f"{name}.npy"), "w", force_zip64=rows.nbytes * 1.05 > zipfile.ZIP64_LIMIT) as member:
+                np.lib.format.write_array_header_1_0(member, header)
+                for block in rows.blocks():
+                    member.write(as_bytes(block))
 
 
 def load_npz(path: str | Path, keys: tuple[str, ...], *, produced_by: str) -> dict[str, np.ndarray]:

@@ -35,8 +35,12 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[s
     extractor = keras.Model(teacher.inputs, outputs)
     cache = {}
     for name in SPLITS:
-        result = extractor.predict(data.xy(name)[0], batch_size=INFERENCE_BATCH_SIZE, verbose=0)
-        result = result if isinstance(result, list) else [result]
+        x = data.xy(name)[0]
+        # Batch by batch through predict's own compiled function (the same numbers as
+        # `predict`): `predict(x)` first copied all of x into its tf.data pipeline.
+        batches = [extractor.predict_on_batch(x[i:i + INFERENCE_BATCH_SIZE])
+                   for i in range(0, len(x), INFERENCE_BATCH_SIZE)]
+        result = [np.concatenate(parts) for parts in zip(*(b if isinstance(b, list) else [b] for b in batches))]
         cache[name] = result[0].astype(np.float32)
         if feature_layer is not None:
             cache[f"{name}_features"] = result[1].astype(np.float32)

@@ -34,8 +34,9 @@ class RawData:
 
 
 def _scale(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32) / 255.0
-    return images[..., None] if images.ndim == 3 else images  # add the channel axis
+    scaled = np.array(images, dtype=np.float32)  # a copy, scaled in place (`/ 255.0` made a second)
+    scaled /= 255.0
+    return scaled[..., None] if scaled.ndim == 3 else scaled  # add the channel axis
 
 
 def _load_mnist5k(cfg: DataParams) -> RawData:

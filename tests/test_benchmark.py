@@ -18,11 +18,11 @@ def test_quick_benchmark_prints_every_ratio_with_its_target():
     ratios = report["ratios"]
     for name in ("distill_epoch_vs_scratch", "distill_large_teacher_epoch_vs_scratch",
                  "exp_run_alpha_vs_full_repro", "plain_fit_vs_scratch_time", "plain_fit_vs_distill_time",
-                 "stage_memory_vs_data_and_model"):
+                 "stage_memory_growth_vs_data_growth"):
         assert ratios[name]["target"] > 0 and isinstance(ratios[name]["met"], bool), name
         assert ratios[name]["min"] <= ratios[name]["median"] <= ratios[name]["max"], name
     for name in ("distill_epoch_vs_scratch", "online_large_teacher_epoch_vs_scratch", "xla_vs_no_xla_scratch_time",
-                 "exp_run_alpha_vs_full_repro", "stage_memory_vs_plain_fit"):
+                 "exp_run_alpha_vs_full_repro", "stage_memory_vs_plain_fit", "stage_memory_vs_data_and_model"):
         assert ratios[name]["median"] > 0, name
     # the online teacher (Keras' Distiller) runs a 50x larger network every step: slower than cached logits
     assert ratios["online_large_teacher_epoch_vs_scratch"]["median"] > ratios["distill_large_teacher_epoch_vs_scratch"]["median"]
@@ -33,3 +33,8 @@ def test_quick_benchmark_prints_every_ratio_with_its_target():
     # the launcher makes each stage's peak its own, not the TF-loaded benchmark process's
     assert stages["distill"]["peak_rss_mib"] != report["pipeline"]["tf_baseline_peak_rss_mib"]
     assert report["startup"]["import_tensorflow_keras_s"] > report["startup"]["python_noop_s"]
+    # memory growth with the data: the same stages on the digits and on them tiled twice
+    scaling = report["pipeline"]["memory_scaling"]
+    assert set(scaling["stages"]) == {"prepare", "train_scratch"} and scaling["scale"] == 2
+    assert abs(scaling["data_mib"]["x2"] - 2 * scaling["data_mib"]["x1"]) <= 0.2
+    assert ratios["stage_memory_growth_vs_data_growth"]["stages"] == 2

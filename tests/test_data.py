@@ -73,3 +73,42 @@ def test_keras_dataset_offline_fails_fast_with_advice(in_tmp, monkeypatch):
         prepare(DataParams(name="fashion_mnist"), seed=0)
     assert time.monotonic() - start < 30
     assert not (in_tmp / "data/prepared").exists()
+
+
+def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tmp, monkeypatch):
+    """prepare hashes and writes each split in blocks of rows: besides the source it holds one
+    block, not a gathered split (NumPy's allocations are traced by tracemalloc)."""
+    import hashlib
+    import io
+    import tracemalloc
+    import zipfile
+
+    import kdflow.data as data_module
+    from kdflow.io import RowBlocks, save_npz
+    from kdflow.sources import encode_labels
+
+    raw = synthetic_raw(n=6000)  # 6,000 x 4x4x1 float32 + labels, sorted by class
+    raw = encode_labels(RawData(np.ascontiguousarray(np.tile(raw.x, (1, 8, 8, 1))), raw.y), "synthetic")  # 24 MiB
+    monkeypatch.setattr(data_module, "load", lambda cfg: raw)
+    cfg = DataParams(val_fraction=0.1, test_fraction=0.2)
+    tracemalloc.start()
+    try:
+        meta = prepare(cfg, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.3 * raw.x.nbytes, peak  # a gathered train split alone would be 0.7 of it
+
+    # The same file and hash as the arrays gathered whole (the way prepare used to write them).
+    parts = split(raw, cfg, seed=0)
+    arrays = {f"{axis}_{name}": part[i] for name, part in parts.items() for i, axis in enumerate("xy")}
+    save_npz(in_tmp / "whole.npz", **arrays)
+    assert (in_tmp / "whole.npz").read_bytes() == (in_tmp / "data/prepared/data.npz").read_bytes()
+    assert meta["content_hash"] == data_module.content_hash(arrays)
+    # and what np.savez writes, member for member (a 0-d string array included)
+    save_npz(in_tmp / "small.npz", {"a": RowBlocks.of(np.arange(6.0).reshape(2, 3))}, h=np.array("abc"))
+    reference = io.BytesIO()
+    np.savez(reference, a=np.arange(6.0).reshape(2, 3), h=np.array("abc"))
+    with zipfile.ZipFile(in_tmp / "small.npz") as ours, zipfile.ZipFile(reference) as theirs:
+        for name in ("a.npy", "h.npy"):
+            assert hashlib.sha256(ours.read(name)).digest() == hashlib.sha256(theirs.read(name)).digest(), name
