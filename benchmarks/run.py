@@ -373,10 +373,7 @@ def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str,
         sizes = {"teacher": (repo / "models/teacher.keras").stat().st_size / 2**20,
                  "student": (repo / "models/student_distilled.keras").stat().st_size / 2**20}
         # A stage holds the full dataset (uncompressed float32) and its models.
-        import numpy as np
-
-        with np.load(repo / "data/prepared/data.npz") as npz:
-            data_mib = sum(npz[k].nbytes for k in npz.files) / 2**20
+        data_mib = prepared_data_mib(repo)
         model_mib = {"prepare": 0, "train_teacher": sizes["teacher"], "soft_targets": sizes["teacher"],
                      "distill": sizes["student"], "train_scratch": sizes["student"], "export": sizes["student"],
                      "evaluate": sizes["teacher"] + 2 * sizes["student"]}
@@ -402,6 +399,14 @@ def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str,
     return out
 
 
+def prepared_data_mib(repo: Path) -> float:
+    """Size of the prepared data (all splits, as loaded: uncompressed) in MiB."""
+    import numpy as np
+
+    with np.load(repo / "data/prepared/data.npz") as npz:
+        return sum(npz[k].nbytes for k in npz.files) / 2**20
+
+
 def memory_scaling(stages: tuple[str, ...], scale: int, overrides: dict) -> dict:
     """Each stage's peak RSS on the embedded digits and on the same digits tiled ``scale``
     times (as a user's .npz, the same code path for both), each stage run alone in order.
@@ -424,8 +429,7 @@ def memory_scaling(stages: tuple[str, ...], scale: int, overrides: dict) -> dict
             repo = make_project(Path(tmp) / f"x{times}", {**overrides, "data.name": "npz", "data.path": str(source)})
             for stage in stages:
                 peaks.setdefault(stage, {})[times] = run_measured([sys.executable, "-m", f"stages.{stage}"], repo)[1]
-            with np.load(repo / "data/prepared/data.npz") as npz:
-                data_mib[times] = sum(npz[k].nbytes for k in npz.files) / 2**20
+            data_mib[times] = prepared_data_mib(repo)
             print(f"benchmark memory x{times}: data {data_mib[times]:.1f} MiB, peaks "
                   f"{json.dumps({k: round(v[times], 1) for k, v in peaks.items()})}", file=sys.stderr, flush=True)
     growth = data_mib[scale] - data_mib[1]
