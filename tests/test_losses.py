@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import minimal_params
-from kdflow.losses import accuracy, distillation_loss, hard_ce, pack_targets, soft_kl
+from kdflow.losses import METHODS, accuracy, distillation_loss, hard_ce, pack_targets, soft_kl
 from kdflow.params import validate
 
 
@@ -171,16 +171,18 @@ def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, metho
     params = validate(minimal_params(alpha=0.3, distill={"method": method}))
     loss, metrics, callbacks = distillation_loss(params, 5)
     names = [m.__name__ for m in metrics]
-    assert names[:3] == ["accuracy", "hard_ce", "soft_loss"]
-    soft = metrics[2]
+    # alpha < 1: soft_loss is logged from the tracked means (see the test after this one)
+    assert names[:2] == ["accuracy", "hard_ce"] and "soft_loss" not in names
+    term = METHODS[method](params).term
+    soft = lambda targets, outputs: term(labels, targets[:, 1:6], outputs[:, :5])  # noqa: E731
     if method == "fitnet":  # [logits | hint] outputs against [label | logits | features] targets
         rng = np.random.default_rng(1)
         t_feat, s_proj = rng.normal(size=(16, 7)), rng.normal(size=(16, 7))
         targets = tf.constant(pack_targets(labels, teacher, t_feat))
         outputs = tf.constant(np.concatenate([student, s_proj], 1), tf.float32)
         hint = ((s_proj - t_feat) ** 2).mean(1)
-        assert names[3] == "hint_loss"
-        np.testing.assert_allclose(metrics[3](targets, outputs), hint, rtol=1e-5)
+        assert names[2] == "hint_loss"
+        np.testing.assert_allclose(metrics[2](targets, outputs), hint, rtol=1e-5)
         np.testing.assert_allclose(soft(targets, outputs), np_kd_loss(labels, teacher, student, 0.0, 4.0), rtol=1e-4)
     else:
         targets, outputs = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
@@ -189,15 +191,31 @@ def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, metho
     want = 0.3 * hard_ce(targets, logits) + 0.7 * soft(targets, outputs) + hint
     np.testing.assert_allclose(loss(targets, outputs), want, rtol=1e-5)
     np.testing.assert_allclose(metrics[0](targets, outputs), accuracy(targets, logits))
-    assert bool(callbacks) == (method == "dkd")  # only DKD publishes a warm-up
+    # The epoch's soft_loss / val_soft_loss follow from the means Keras tracks.
+    *warmups, soft_logger = callbacks
+    assert len(warmups) == (method == "dkd")  # only DKD publishes a warm-up
+    means = {"loss": np.mean(loss(targets, outputs)), "hard_ce": np.mean(hard_ce(targets, logits)),
+             **({"hint_loss": np.mean(hint)} if method == "fitnet" else {})}
+    logs = {**means, **{f"val_{k}": v for k, v in means.items()}}
+    soft_logger.on_epoch_end(0, logs)
+    for key in ("soft_loss", "val_soft_loss"):
+        np.testing.assert_allclose(logs[key], np.mean(soft(targets, outputs)), rtol=1e-4)
+
+
+def test_soft_loss_is_a_metric_when_the_loss_has_no_soft_term(batch):
+    labels, teacher, student = batch
+    loss, metrics, callbacks = distillation_loss(validate(minimal_params(alpha=1.0)), 5)
+    assert [m.__name__ for m in metrics] == ["accuracy", "hard_ce", "soft_loss"] and not callbacks
+    targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
+    np.testing.assert_allclose(metrics[2](targets, logits), np_kd_loss(labels, teacher, student, 0.0, 4.0), rtol=1e-4)
 
 
 def test_dkd_warmup_ramps_the_soft_term(batch):
     labels, teacher, student = batch
     params = validate(minimal_params(alpha=0.0, distill={"method": "dkd"}, dkd={"warmup_epochs": 4}))
-    loss, (_, _, soft), (warmup,) = distillation_loss(params, 5)
+    loss, _, (warmup, _) = distillation_loss(params, 5)
     targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
-    full = soft(targets, logits).numpy()
+    full = METHODS["dkd"](params).term(labels, targets[:, 1:6], logits).numpy()
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)]:
         warmup.on_epoch_begin(epoch)
         np.testing.assert_allclose(loss(targets, logits), factor * full, rtol=1e-5)

@@ -5,7 +5,7 @@ import tensorflow as tf
 from conftest import make_prepared, minimal_params
 from kdflow import recipes
 from kdflow.errors import KdflowError
-from kdflow.losses import pack_targets
+from kdflow.losses import kd_term, pack_targets
 from kdflow.params import TrainParams, validate
 from kdflow.training import fit
 
@@ -31,6 +31,11 @@ def test_students_are_paired_and_training_is_reproducible():
     assert any(not np.array_equal(a, d) for a, d in zip(scratch_a.get_weights(), distilled.get_weights()))
     # ...and it logs its soft-target term.
     assert "soft_loss" in summary_d and "val_soft_loss" in summary_d and "soft_loss" not in summary_a
+    # It is derived from the tracked loss and hard_ce (no second pass over the soft term):
+    # it must equal the term computed directly on the validation split.
+    x_val, y_val = data.xy("val")
+    direct = kd_term(params.temperature)(y_val, logits["val"], distilled.predict(x_val, verbose=0))
+    np.testing.assert_allclose(summary_d["val_soft_loss"], float(np.mean(direct)), rtol=1e-4)
     assert summary_a["epochs_run"] == 2
 
 
