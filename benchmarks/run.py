@@ -466,9 +466,9 @@ def main() -> None:
                         help="only the training-speed ratios (no pipeline, memory or start-up)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
-    # 30 rounds of 5 epochs (the first of each round untimed): with 6 rounds of 3, the identical
-    # work of the two distill variants differed by up to 1.23x in single rounds and the run's
-    # median ratio moved by +-0.06, more than the 5% the target allows.
+    # 30 rounds of 5 epochs (the first of each round untimed). With 6 rounds of 3, the two distill
+    # variants (identical work) differed by up to 1.23x in single rounds, and their ratios to
+    # scratch had medians over 3 runs of 1.03 and 1.12: noise wider than the 5% the target allows.
     rounds, epochs_per_round, n_train = (2, 2, 512) if args.quick else (30, 5, None)
     overrides = ({"repeats": 1, "train_teacher.epochs": 1, "train_student.epochs": 1} if args.quick else {})
     # Memory does not grow with epochs (measured: +3 MiB over 15 epochs of train_scratch), and
