@@ -171,7 +171,7 @@ def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, metho
     params = validate(minimal_params(alpha=0.3, distill={"method": method}))
     loss, metrics, callbacks = distillation_loss(params, 5)
     names = [m.__name__ for m in metrics]
-    # alpha < 1: soft_loss is logged from the tracked means (see the test after this one)
+    # alpha < 1: no soft_loss metric; its mean is derived from the tracked ones (checked below)
     assert names[:2] == ["accuracy", "hard_ce"] and "soft_loss" not in names
     term = METHODS[method](params).term
     soft = lambda targets, outputs: term(labels, targets[:, 1:6], outputs[:, :5])  # noqa: E731
