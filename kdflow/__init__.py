@@ -1,12 +1,13 @@
 """kdflow: a reproducible knowledge-distillation pipeline (TensorFlow/Keras 3 + DVC).
 
-Modules with one job each; only ``models``, ``losses``, ``training``, ``evaluation``
-and ``repro`` import TensorFlow, so parameter validation stays fast.
+Modules with one job each. ``params``, ``architectures``, ``paths``, ``errors``, ``io`` and
+``runner`` do not import TensorFlow, so a typo in params.yaml is reported in well under a second.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import os as _os
 
-# Quieten TensorFlow's C++ start-up chatter; must happen before TensorFlow is first imported.
+# TensorFlow's Python-level INFO/WARNING logs off; must be set before TensorFlow is imported.
+# (Its native start-up lines are captured by kdflow.runner.)
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,32 +1,95 @@
-"""Where each model lives, and saving/loading the repeated students as one unit."""
+"""The pipeline's models on disk: saving and loading ``.keras`` files, and the repeated students
+saved and loaded as one unit."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from kdflow.errors import KdflowError
-from kdflow.io import atomic_dir, atomic_path, load_model, save_model
-
-MODELS = Path("models")
-# role -> the stage that produces it (named in "run `dvc repro <stage>`" messages)
-PRODUCED_BY = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch"}
+from kdflow.io import atomic_dir, atomic_path, write_fixed_zip
+from kdflow.paths import MODEL_ROLES, model_file, repeat_file, repeats_dir
 
 
-def model_path(role: str) -> Path:
-    """The model to use/ship: the teacher, or a student's repeat 0."""
-    return MODELS / f"{role}.keras"
+def save_model(path: str | Path, model: Any) -> None:
+    """Save a trained Keras model as a portable, byte-reproducible ``.keras`` file.
+
+    The saved copy is rebuilt from the model's config and weights, so it carries no optimizer
+    state or training objective: ``keras.models.load_model`` works anywhere with no custom
+    objects. Keras stamps the save time into the archive; it is replaced with a fixed value so
+    identical weights give identical bytes (and DVC hashes).
+    """
+    import keras  # deferred: keep TensorFlow out of code paths that do not need it
+
+    # from_config of the plain Model class: a functional model, whatever class trained it.
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "model.keras"
+        clean.save(raw)
+        with zipfile.ZipFile(raw) as zf:
+            members = {name: zf.read(name) for name in sorted(zf.namelist())}
+    meta = json.loads(members["metadata.json"])
+    meta["date_saved"] = "reproducible"
+    members["metadata.json"] = json.dumps(meta, sort_keys=True).encode()
+    with atomic_path(path) as tmp:
+        write_fixed_zip(tmp, members)
 
 
-def repeats_dir(role: str) -> Path:
-    return MODELS / f"{role}_repeats"
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def repeat_path(role: str, repeat: int) -> Path:
-    return repeats_dir(role) / f"repeat_{repeat}.keras"
+def load_model(path: str | Path, *, produced_by: str, safe_mode: bool = True) -> Any:
+    """Load a pipeline-made ``.keras`` model with Keras' safe_mode on (no code from the file);
+    off only for a teacher the user marked as trusted (teacher.safe_mode: false)."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise KdflowError(
+            f"{path} could not be loaded ({_first_line(exc)}): rerun `dvc repro --force {produced_by}`"
+        ) from None
+
+
+def load_role(role: str, safe_mode: bool = True) -> Any:
+    """The model of ``role`` (see kdflow.paths.MODEL_ROLES) that the pipeline ships."""
+    return load_model(model_file(role), produced_by=MODEL_ROLES[role], safe_mode=safe_mode)
+
+
+def load_user_model(path: str | Path, *, key: str, safe_mode: bool = True) -> Any:
+    """Load a user's ``.keras`` model. With safe_mode (the default) Keras refuses files that
+    carry Python code (Lambda layers), because loading them could run anything."""
+    import keras
+
+    path = Path(path)
+    where = f"{key} = {path}"
+    if not path.is_file():
+        raise KdflowError(f"{where}: file not found")
+    if not safe_mode:
+        # The user's explicit opt-in: this process may rebuild (and later save) the model's code.
+        keras.config.enable_unsafe_deserialization()
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # Keras raises many types for a damaged or unsafe archive
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise KdflowError(
+                f"{where}: refused: the model contains Python code (a Lambda layer), and loading it "
+                "could run arbitrary code on this machine. If you trust the file as you would a script, "
+                f"set {key.rsplit('.', 1)[0]}.safe_mode: false"
+            ) from None
+        raise KdflowError(f"{where}: not a loadable Keras model ({_first_line(exc)})") from None
 
 
 def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
@@ -35,10 +98,10 @@ def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
     summaries = {}
     with atomic_dir(repeats_dir(role)) as staging:
         for i, (model, summary) in enumerate(students):
-            save_model(staging / repeat_path(role, i).name, model)
+            save_model(staging / repeat_file(role, i).name, model)
             summaries[f"repeat_{i}"] = summary
-    with atomic_path(model_path(role)) as tmp:
-        shutil.copyfile(repeat_path(role, 0), tmp)
+    with atomic_path(model_file(role)) as tmp:
+        shutil.copyfile(repeat_file(role, 0), tmp)
     val_acc = [s["val_accuracy"] for s in summaries.values()]
     return {**summaries, "val_accuracy_mean": round(float(np.mean(val_acc)), 6)}
 
@@ -47,5 +110,5 @@ def load_students(role: str) -> list:
     folder = repeats_dir(role)
     files = sorted(folder.glob("repeat_*.keras"), key=lambda p: int(p.stem.split("_")[1]))
     if not files:
-        raise KdflowError(f"{folder} holds no models: run `dvc repro {PRODUCED_BY[role]}` first")
-    return [load_model(f, produced_by=PRODUCED_BY[role]) for f in files]
+        raise KdflowError(f"{folder} holds no models: run `dvc repro {MODEL_ROLES[role]}` first")
+    return [load_model(f, produced_by=MODEL_ROLES[role]) for f in files]

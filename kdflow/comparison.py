@@ -1,7 +1,8 @@
 """The `evaluate` stage's work: teacher vs distilled vs scratch students on the test split.
 
 Returns three things kept apart on purpose: ``metrics`` (reproducible bit for bit, goes to
-metrics/evaluate.json), ``latency`` (wall-clock, varies run to run, goes to reports/) and
+metrics/evaluate.json), ``latency`` (wall-clock, varies run to run: timings/, never a DVC
+output) and
 ``predictions`` (repeat 0 of each model, for the confusion matrices and reliability diagram).
 """
 
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdflow import artifacts
+from kdflow.paths import model_file, repeat_file
 from kdflow.data import Prepared
 from kdflow.evaluation import (
     evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats,
 )
-from kdflow.io import load_model
 
 ROLES = ("teacher", "student_distilled", "student_scratch")
 
@@ -36,12 +37,12 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: bool = True) -> Comparison:
     x, y = data.xy("test")
     names = data.class_names
-    teacher = load_model(artifacts.model_path("teacher"), produced_by="train_teacher", safe_mode=teacher_safe_mode)
+    teacher = artifacts.load_role("teacher", safe_mode=teacher_safe_mode)
     teacher_logits = predict_logits(teacher, x)
     metrics = {"teacher": summarize_repeats([evaluate_logits(teacher_logits, y, names)])}
     models = {"teacher": teacher}
     predictions = {"teacher": teacher_logits}
-    files = {"teacher": artifacts.model_path("teacher")}
+    files = {"teacher": model_file("teacher")}
     accuracies = {}
     for role in ROLES[1:]:
         per_repeat = []
@@ -52,7 +53,7 @@ def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: boo
                 models[role], predictions[role] = student, logits
         metrics[role] = summarize_repeats(per_repeat)
         accuracies[role] = [m["accuracy"] for m in per_repeat]
-        files[role] = artifacts.repeat_path(role, 0)
+        files[role] = repeat_file(role, 0)
     for role in ROLES:
         metrics[role]["params"] = int(models[role].count_params())
         metrics[role]["size_bytes"] = files[role].stat().st_size

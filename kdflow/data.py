@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -13,9 +12,9 @@ from sklearn.model_selection import train_test_split
 from kdflow.errors import KdflowError
 from kdflow.io import RowBlocks, as_bytes, load_npz, read_json, save_npz, write_json
 from kdflow.params import DataParams
+from kdflow.paths import PREPARED_DATA, PREPARED_DIR, PREPARED_META
 from kdflow.sources import RawData, load
 
-PREPARED_DIR = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 
 
@@ -60,9 +59,8 @@ class SplitArrays(Mapping):
 
     def rows(self, key: str, block_bytes: int = 2**21) -> RowBlocks:
         """The same array as blocks of about ``block_bytes``: prepare hashes and writes each
-        split without gathering it whole, so it holds the source and a block or two (gathered
-        splits used to add a copy of the whole dataset, and splitting the arrays with
-        train_test_split another of train+val)."""
+        split without gathering it whole, so it holds the source and a block or two, not a
+        second copy of the dataset."""
         source, index = self._source(key)
         if index is None:
             return RowBlocks.of(source)
@@ -96,7 +94,7 @@ def content_hash(arrays: Mapping[str, np.ndarray | RowBlocks]) -> str:
     return digest.hexdigest()
 
 
-def prepare(cfg: DataParams, seed: int, out_dir: Path = PREPARED_DIR) -> dict:
+def prepare(cfg: DataParams, seed: int) -> dict:
     """Load, scale and split the dataset named in ``cfg``; write data.npz and meta.json."""
     raw = load(cfg)
     arrays = SplitArrays(raw, split_indices(raw, cfg, seed))
@@ -109,8 +107,8 @@ def prepare(cfg: DataParams, seed: int, out_dir: Path = PREPARED_DIR) -> dict:
         "sizes": arrays.sizes(),
         "content_hash": content_hash(rows),
     }
-    save_npz(out_dir / "data.npz", rows)
-    write_json(out_dir / "meta.json", meta)
+    save_npz(PREPARED_DATA, rows)
+    write_json(PREPARED_META, meta)
     return meta
 
 
@@ -136,14 +134,14 @@ class Prepared:
         return [str(c) for c in self.meta.get("class_names", range(self.num_classes))]
 
 
-def load_prepared(splits: tuple[str, ...] = SPLITS, in_dir: Path = PREPARED_DIR) -> Prepared:
+def load_prepared(splits: tuple[str, ...] = SPLITS) -> Prepared:
     """Read the prepared splits (only those asked for) and check them against meta.json."""
-    meta = read_json(in_dir / "meta.json", produced_by="prepare")
+    meta = read_json(PREPARED_META, produced_by="prepare")
     keys = tuple(f"{axis}_{name}" for name in splits for axis in ("x", "y"))
-    arrays = load_npz(in_dir / "data.npz", keys, produced_by="prepare")
+    arrays = load_npz(PREPARED_DATA, keys, produced_by="prepare")
     for name in splits:
         if len(arrays[f"x_{name}"]) != meta["sizes"][name]:
             raise KdflowError(
-                f"{in_dir}: {name} split size does not match meta.json: rerun `dvc repro --force prepare`"
+                f"{PREPARED_DIR}: {name} split size does not match meta.json: rerun `dvc repro --force prepare`"
             )
     return Prepared(meta, arrays)

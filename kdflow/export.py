@@ -1,6 +1,7 @@
 """Deployable forms of the distilled student: a TensorFlow SavedModel and TFLite flatbuffers,
 float32 and full-integer int8 (post-training quantization calibrated on training images, as in
-TensorFlow's post-training quantization guide), each checked with the TFLite interpreter."""
+TensorFlow's post-training quantization guide), each run by the LiteRT interpreter
+(``ai-edge-litert``, which replaces TensorFlow's deprecated ``tf.lite.Interpreter``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from kdflow.quiet import native_stderr_captured
 
 
 def save_saved_model(model, directory: Path) -> None:
@@ -26,18 +29,20 @@ def to_tflite(saved_model_dir: Path, calibration: np.ndarray | None = None) -> b
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with native_stderr_captured():  # the converter's own progress lines
+        return converter.convert()
 
 
 class TfliteModel:
-    """One TFLite model in the interpreter, called one sample at a time (as on a device);
+    """One TFLite model in the LiteRT interpreter, called one sample at a time (as on a device);
     int8 models get their inputs quantized and outputs dequantized with the model's own scales."""
 
     def __init__(self, content: bytes):
-        import tensorflow as tf
+        from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=1)
-        self.interpreter.allocate_tensors()
+        with native_stderr_captured():  # "Created TensorFlow Lite XNNPACK delegate for CPU"
+            self.interpreter = Interpreter(model_content=content, num_threads=1)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -69,10 +74,10 @@ class TfliteModel:
 
 def export_student(student, data, keras_file: Path, out_dir: Path, calibration_samples: int,
                    seed: int) -> tuple[dict, dict]:
-    """Write ``out_dir``/saved_model, student_float32.tflite, student_int8.tflite and
-    latency.json; return the reproducible metrics (test accuracy and size of each form)."""
+    """Write ``out_dir``/saved_model, student_float32.tflite and student_int8.tflite; return
+    the reproducible metrics (test accuracy and size of each form) and, apart from them, the
+    wall-clock latency of each TFLite form (ms), which varies from run to run."""
     from kdflow.evaluation import predict_logits
-    from kdflow.io import write_json
 
     x_train, _ = data.xy("train")
     x_test, y_test = data.xy("test")
@@ -92,7 +97,6 @@ def export_student(student, data, keras_file: Path, out_dir: Path, calibration_s
         model = TfliteModel(content)
         metrics[form] = {"accuracy": accuracy(model.predict(x_test)), "size_bytes": len(content)}
         latency[form] = model.latency_ms(x_test)
-    write_json(out_dir / "latency.json", latency)
     metrics["int8_accuracy_drop"] = round(metrics["keras"]["accuracy"] - metrics["tflite_int8"]["accuracy"], 6)
     metrics["int8_size_ratio"] = round(metrics["keras"]["size_bytes"] / metrics["tflite_int8"]["size_bytes"], 4)
     return metrics, latency

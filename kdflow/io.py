@@ -1,4 +1,4 @@
-"""Atomic, byte-reproducible artifact writing and checked artifact reading.
+"""Atomic, byte-reproducible file writing and checked reading of arrays and JSON.
 
 Every output goes to a temporary file in the destination folder and is renamed into place,
 so an interrupted stage never leaves a half-written file. Zip-based formats (.npz, .keras)
@@ -93,7 +93,8 @@ def _fixed_zip_info(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def _write_fixed_zip(dest: Path, members: Mapping[str, bytes]) -> None:
+def write_fixed_zip(dest: Path, members: Mapping[str, bytes]) -> None:
+    """A zip archive of ``members`` with fixed timestamps: the same members give the same bytes."""
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, payload in members.items():
             zf.writestr(_fixed_zip_info(name), payload)
@@ -125,7 +126,7 @@ def as_bytes(array: np.ndarray) -> memoryview:
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray | RowBlocks] | None = None, /, **more: Any) -> None:
     """Like np.savez_compressed(path, **arrays, **more), but deterministic bytes and an atomic
     write. The arrays are taken one at a time, in name order, and streamed into their zip
-    members straight from memory (no tobytes copy; a BytesIO per array used to hold two)."""
+    members straight from memory, without a serialized copy."""
     arrays = {**(arrays or {}), **more}
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(arrays):
@@ -156,73 +157,3 @@ def load_npz(path: str | Path, keys: tuple[str, ...], *, produced_by: str) -> di
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise KdflowError(f"{path} is unreadable ({exc}): {rerun}") from None
-
-
-def save_model(path: str | Path, model: Any) -> None:
-    """Save a trained Keras model as a portable, byte-reproducible ``.keras`` file.
-
-    The saved copy is rebuilt from the model's config and weights, so it carries no optimizer
-    state or compile settings (e.g. our custom losses): ``keras.models.load_model`` works
-    anywhere with no custom objects. Keras stamps the save time into the archive; we replace
-    it with a fixed value so identical weights give identical bytes (and DVC hashes).
-    """
-    import keras  # deferred: keep TensorFlow out of code paths that do not need it
-
-    # from_config (not clone_model, which would also copy the compile settings).
-    clean = keras.Model.from_config(model.get_config())
-    clean.set_weights(model.get_weights())
-    with tempfile.TemporaryDirectory() as scratch:
-        raw = Path(scratch) / "model.keras"
-        clean.save(raw)
-        with zipfile.ZipFile(raw) as zf:
-            members = {name: zf.read(name) for name in sorted(zf.namelist())}
-    meta = json.loads(members["metadata.json"])
-    meta["date_saved"] = "reproducible"
-    members["metadata.json"] = json.dumps(meta, sort_keys=True).encode()
-    with atomic_path(path) as tmp:
-        _write_fixed_zip(tmp, members)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def load_model(path: str | Path, *, produced_by: str, safe_mode: bool = True) -> Any:
-    """Load a pipeline-made ``.keras`` model with Keras' safe_mode on (no code from the file);
-    off only for a teacher the user marked as trusted (teacher.safe_mode: false)."""
-    import keras
-
-    path = Path(path)
-    if not path.exists():
-        raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
-    except Exception as exc:  # Keras raises many types for a damaged archive
-        raise KdflowError(
-            f"{path} could not be loaded ({_first_line(exc)}): rerun `dvc repro --force {produced_by}`"
-        ) from None
-
-
-def load_user_model(path: str | Path, *, key: str, safe_mode: bool = True) -> Any:
-    """Load a user's ``.keras`` model. With safe_mode (the default) Keras refuses files that
-    carry Python code (Lambda layers), because loading them could run anything."""
-    import keras
-
-    path = Path(path)
-    where = f"{key} = {path}"
-    if not path.is_file():
-        raise KdflowError(f"{where}: file not found")
-    if not safe_mode:
-        # The user's explicit opt-in: this process may rebuild (and later save) the model's code.
-        keras.config.enable_unsafe_deserialization()
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
-    except Exception as exc:  # Keras raises many types for a damaged or unsafe archive
-        if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            raise KdflowError(
-                f"{where}: refused: the model contains Python code (a Lambda layer), and loading it "
-                "could run arbitrary code on this machine. If you trust the file as you would a script, "
-                f"set {key.rsplit('.', 1)[0]}.safe_mode: false"
-            ) from None
-        raise KdflowError(f"{where}: not a loadable Keras model ({_first_line(exc)})") from None

@@ -1,17 +1,23 @@
-"""The one schema for params.yaml. Every stage validates through ``load_params``.
+"""The one schema for params.yaml, and the one place for every default.
 
-Kept free of TensorFlow so that a typo in params.yaml is reported in well under a second.
+Every stage validates through ``load_params``. The committed params.yaml spells out exactly
+these defaults (tests/test_consistency.py checks it), so a key left out of a user's params.yaml
+means the same as the committed value. Kept free of TensorFlow so that a typo in params.yaml is
+reported in well under a second.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from kdflow.architectures import ARCHS, PRESETS, ArchSpec, ResNetSpec, StrictSection
 from kdflow.errors import KdflowError
+from kdflow.param_usage import LOG_ENV, recording
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 FILE_SOURCES = ("npz", "image_dir")  # read from data.path
@@ -21,9 +27,7 @@ DATASETS = ("mnist5k", *KERAS_DATASETS, *FILE_SOURCES)
 INPUTS_DIR = "inputs"
 
 
-class _Section(BaseModel):
-    # strict: no silent "0.5" -> 0.5 or true -> 1; forbid: a misspelt key is an error, not ignored.
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+_Section = StrictSection
 
 
 class DataParams(_Section):
@@ -49,62 +53,10 @@ class DataParams(_Section):
         return self
 
 
-class ArchSpec(_Section):
-    """A plain CNN/MLP: conv blocks (conv -> [batch-norm] -> relu -> max-pool), flatten,
-    dense layers with relu and dropout, then a Dense(num_classes) logits layer."""
-
-    conv_filters: list[int] = Field(default_factory=list)
-    kernel_size: int = Field(3, ge=1)
-    pool_size: int = Field(2, ge=1)
-    batch_norm: bool = False
-    dense_units: list[int] = Field(default_factory=list)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _positive_widths(self) -> "ArchSpec":
-        for key in ("conv_filters", "dense_units"):
-            bad = [w for w in getattr(self, key) if w < 1]
-            if bad:
-                raise ValueError(f"{key} must be positive integers, got {bad}")
-        return self
-
-
-class ResNetSpec(_Section):
-    """A CIFAR-style residual CNN (He et al. 2016): a 3x3 stem, then stages of basic blocks
-    (two 3x3 conv + batch-norm, identity or 1x1 projection shortcut); each stage after the first
-    halves the resolution and doubles the width; global average pooling; logits.
-    ``width`` multiplies every stage's filter count."""
-
-    base_filters: int = Field(16, ge=1)
-    blocks_per_stage: list[int] = Field(default_factory=lambda: [1, 1, 1])
-    width: float = Field(1.0, gt=0, le=16)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _blocks(self) -> "ResNetSpec":
-        if not self.blocks_per_stage or min(self.blocks_per_stage) < 1:
-            raise ValueError(f"blocks_per_stage = {self.blocks_per_stage}: needs >= 1 stage of >= 1 block")
-        return self
-
-
-# The two reference workflows' models (see README), as specs: one builder serves all.
-PRESETS: dict[str, ArchSpec | ResNetSpec] = {
-    # Keras notebook (CIFAR-10): Conv12-Pool-Conv12-Pool-Dense10 / Conv12-Pool-Dense10.
-    "notebook_teacher": ArchSpec(conv_filters=[12, 12]),
-    "notebook_student": ArchSpec(conv_filters=[12]),
-    # KnowledgeDistilling repo (Fashion-MNIST): MLP 512-256-128 / MLP 128.
-    "repo_teacher": ArchSpec(dense_units=[512, 256, 128]),
-    "repo_student": ArchSpec(dense_units=[128]),
-    # Modern small residual nets for CIFAR-sized inputs (ResNet-8/-20 of He et al.'s CIFAR family).
-    "resnet8": ResNetSpec(blocks_per_stage=[1, 1, 1]),
-    "resnet20": ResNetSpec(blocks_per_stage=[3, 3, 3]),
-    "resnet20_w2": ResNetSpec(blocks_per_stage=[3, 3, 3], width=2.0),
-}
-ARCHS = (*PRESETS, "spec", "resnet")
 
 
 class ModelParams(_Section):
-    arch: Literal[ARCHS] = "spec"  # type: ignore[valid-type]
+    arch: Literal[ARCHS] = "notebook_student"  # type: ignore[valid-type]
     spec: Optional[ArchSpec] = None      # when arch: spec
     resnet: Optional[ResNetSpec] = None  # when arch: resnet
 
@@ -113,7 +65,7 @@ class ModelParams(_Section):
         for form in ("spec", "resnet"):
             given = getattr(self, form) is not None
             if self.arch == form and not given:
-                raise ValueError(f"arch '{form}' needs a '{form}' section (see README 'Architectures')")
+                raise ValueError(f"arch '{form}' needs a '{form}' section (see docs/params.md)")
             if self.arch != form and given:
                 raise ValueError(f"arch is '{self.arch}': remove the '{form}' section or set arch: {form}")
         return self
@@ -125,6 +77,8 @@ class ModelParams(_Section):
 
 
 class TeacherParams(ModelParams):
+    # ResNet-20 (274k params on the digits, 13x the default student).
+    arch: Literal[ARCHS] = "resnet20"  # type: ignore[valid-type]
     # train: build from arch and train it; file: use the .keras model at `path` as the teacher.
     source: Literal["train", "file"] = "train"
     path: str = INPUTS_DIR
@@ -151,16 +105,28 @@ class AugmentParams(_Section):
         return self.shift > 0 or self.flip or self.crop > 0
 
 
+class TeacherAugmentParams(AugmentParams):
+    shift: float = Field(0.1, ge=0, lt=0.5)  # shifted digits make a stronger teacher
+
+
 class TrainParams(_Section):
-    epochs: int = Field(10, ge=1)
+    """How a model trains (Adam, cosine decay, early stopping). The defaults are the students'."""
+
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0, le=10)
+    learning_rate: float = Field(3e-3, gt=0, le=10)
     # CosineDecay's `alpha`: the final learning rate as a fraction of the initial one.
     lr_floor: float = Field(0.1, ge=0, le=1)
-    amsgrad: bool = False
+    amsgrad: bool = True
     # Epochs without val-loss improvement before stopping (best weights restored); null = off.
     patience: Optional[int] = Field(5, ge=1)
     augment: AugmentParams = AugmentParams()
+
+
+class TeacherTrainParams(TrainParams):
+    epochs: int = Field(15, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    augment: TeacherAugmentParams = TeacherAugmentParams()
 
 
 METHODS = ("kd", "dkd", "lskd", "dist", "mse", "fitnet")
@@ -220,14 +186,14 @@ class RuntimeParams(_Section):
 class Params(_Section):
     seed: int = Field(42, ge=0, lt=2**31)
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
-    repeats: int = Field(3, ge=1, le=100)
+    repeats: int = Field(5, ge=1, le=100)
     # Knowledge distillation: loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
-    alpha: float = Field(0.1, ge=0, le=1)
+    alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(4.0, gt=0, le=1000)
     data: DataParams = DataParams()
-    teacher: TeacherParams
-    student: ModelParams
-    train_teacher: TrainParams = TrainParams()
+    teacher: TeacherParams = TeacherParams()
+    student: ModelParams = ModelParams()
+    train_teacher: TeacherTrainParams = TeacherTrainParams()
     train_student: TrainParams = TrainParams()
     distill: DistillParams = DistillParams()
     dkd: DkdParams = DkdParams()
@@ -252,7 +218,7 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling; see README 'Params')"
+        return f"{key}: unknown key (check the spelling; see docs/params.md)"
     if error["type"].startswith("model_") or error["type"] == "value_error":
         return message if not error["loc"] else f"{key}: {message}"
     return f"{key} = {error.get('input')!r}: {message}"
@@ -271,6 +237,8 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """params.yaml, validated. With KDFLOW_PARAMS_LOG set, a view that records the keys read
+    (kdflow.param_usage)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -280,4 +248,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise KdflowError(f"{path}: not valid YAML{where}") from None
-    return validate(raw, str(path))
+    params = validate(raw, str(path))
+    log = os.environ.get(LOG_ENV)
+    if log:
+        return recording(params, log)
+    return params

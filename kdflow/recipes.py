@@ -13,12 +13,13 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from kdflow import distribute, repro, tracking
+from kdflow import distribute, objective, repro, tracking
+from kdflow.artifacts import load_user_model
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
 from kdflow.evaluation import evaluate_logits, predict_logits
-from kdflow.losses import distillation_loss, hard_ce, pack_targets
 from kdflow.models import build_model
+from kdflow.objective import LABELS, TEACHER_FEATURES, TEACHER_LOGITS, TrainingModel, training_model
 from kdflow.params import AugmentParams, Params
 from kdflow.training import fit
 
@@ -31,8 +32,8 @@ def train_teacher(params: Params, data: Prepared, log_dir: Path | None = None,
     callbacks = [tracking.epoch_logger(log_dir)] if log_dir is not None else []
     with distribute.scope():
         model = build_model(params.teacher, data.input_shape, data.num_classes, name="teacher")
-        trained = with_augmentation(model, params.train_teacher.augment, params.seed)
-        summary = _fit_on(trained, data, params, "train_teacher", params.seed, loss=hard_ce, callbacks=callbacks,
+        trained = training_model(with_augmentation(model, params.train_teacher.augment, params.seed))
+        summary = _fit_on(trained, data, params, "train_teacher", params.seed, callbacks=callbacks,
                           checkpoint=_checkpoint(run_dir, "teacher"))
     return model, summary
 
@@ -44,8 +45,6 @@ def _checkpoint(run_dir: Path | None, name: str) -> Path | None:
 def import_teacher(params: Params, data: Prepared) -> tuple[keras.Model, dict]:
     """The user's teacher (teacher.source: file), checked against the prepared data, as a
     logits model; its summary holds its validation accuracy and cross-entropy."""
-    from kdflow.io import load_user_model
-
     repro.make_deterministic(params.seed)
     cfg = params.teacher
     model = load_user_model(cfg.path, key="teacher.path", safe_mode=cfg.safe_mode)
@@ -114,10 +113,11 @@ def train_students(
     Repeat 0's per-epoch curves go to ``log_dir`` if given; with ``run_dir``, every repeat
     resumes from (or, if finished, is restored from) its checkpoint there."""
     name = "student_scratch" if soft_targets is None else "student_distilled"
-    loss, metrics, callbacks = hard_ce, None, []
+    goal = objective.HARD_LABELS
     if soft_targets is not None:
-        with distribute.scope():  # the loss may hold a variable (the soft term's warm-up weight)
-            loss, metrics, callbacks = distillation_loss(params, data.num_classes)
+        with distribute.scope():  # the objective may hold a variable (the soft term's warm-up weight)
+            goal = objective.distillation(params)
+    hint_width = soft_targets["train_features"].shape[1] if goal.hint_weight else 0
     # One model trains every repeat: each repeat assigns it a freshly built model's initial
     # weights (the same as building anew under its seed), so its training step is traced once
     # per stage, not once per repeat (time, and memory that clear_session does not give back).
@@ -129,53 +129,45 @@ def train_students(
         loggers = [tracking.epoch_logger(log_dir)] if log_dir is not None and repeat == 0 else []
         with distribute.scope():
             initial = build_model(params.student, data.input_shape, data.num_classes, name=name)
-            initial_trained = initial
-            if params.distill.needs_teacher_features and soft_targets is not None:
-                initial_trained = with_hint_projection(initial, params.fitnet.student_layer,
-                                                       soft_targets["train_features"].shape[1])
+            hint = _hint_layer_output(initial, params.fitnet.student_layer) if hint_width else None
+            initial_trained = training_model(initial, goal, hint, hint_width)
             if trained is None:
                 student, trained = initial, initial_trained
             else:
                 for variable, value in zip(trained.variables, initial_trained.variables, strict=True):
                     variable.assign(value)
-            summary = _fit_on(trained, data, params, "train_student", seed, loss, soft_targets, metrics,
-                              [*callbacks, *loggers], _checkpoint(run_dir, f"repeat_{repeat}"))
+            summary = _fit_on(trained, data, params, "train_student", seed, soft_targets,
+                              [*goal.callbacks(), *loggers], _checkpoint(run_dir, f"repeat_{repeat}"))
         # The same model object for every repeat: the caller saves it before the next one starts.
         yield student, summary
 
 
-def with_hint_projection(student: keras.Model, layer_name: str, width: int) -> keras.Model:
-    """The student's training model for FitNets: outputs ``[logits | W · hint]``, where hint is
-    the (flattened) output of ``layer_name`` and W a learned linear projection to the teacher's
-    feature width. It shares the student's layers, so training it trains the student; the
-    projection is discarded afterwards."""
+def _hint_layer_output(student: keras.Model, layer_name: str) -> keras.KerasTensor:
+    """The output of the student layer a FitNets hint guides (fitnet.student_layer)."""
     try:
-        hint = student.get_layer(layer_name).output
+        return student.get_layer(layer_name).output
     except ValueError:
         names = ", ".join(layer.name for layer in student.layers)
         raise KdflowError(f"fitnet.student_layer = {layer_name!r} is not a student layer; it has: {names}") from None
-    if len(hint.shape) > 2:
-        hint = keras.layers.Flatten(name="hint_flatten")(hint)
-    projected = keras.layers.Dense(width, name="hint_projection")(hint)
-    outputs = keras.layers.Concatenate(name="logits_and_hint")([student.outputs[0], projected])
-    return keras.Model(student.inputs, outputs, name=f"{student.name}_with_hint")
 
 
-def _fit_on(model, data, params, section, seed, loss, soft_targets=None, metrics=None, callbacks=(), checkpoint=None):
-    def targets(split_name):
-        labels = data.xy(split_name)[1]
-        if soft_targets is None:
-            return pack_targets(labels)
-        return pack_targets(labels, soft_targets[split_name], soft_targets.get(f"{split_name}_features"))
+def targets(data: Prepared, split_name: str, soft_targets: dict[str, np.ndarray] | None = None) -> dict:
+    """The training targets of a split: its labels, with the teacher's cached outputs if given."""
+    result = {LABELS: data.xy(split_name)[1]}
+    if soft_targets is not None:
+        result[TEACHER_LOGITS] = soft_targets[split_name]
+        if f"{split_name}_features" in soft_targets:
+            result[TEACHER_FEATURES] = soft_targets[f"{split_name}_features"]
+    return result
 
+
+def _fit_on(model: TrainingModel, data, params, section, seed, soft_targets=None, callbacks=(), checkpoint=None):
     return fit(
         model,
-        (data.xy("train")[0], targets("train")),
-        (data.xy("val")[0], targets("val")),
+        (data.xy("train")[0], targets(data, "train", soft_targets)),
+        (data.xy("val")[0], targets(data, "val", soft_targets)),
         getattr(params, section),
-        loss=loss,
         seed=seed,
-        metrics=metrics,
         extra_callbacks=list(callbacks),
         config_key=section,
         checkpoint=checkpoint,

@@ -1,7 +1,7 @@
 """What `evaluate` shows people: reports/summary.md with its figures, and DVC confusion plots.
 
-reports/ holds run-dependent numbers (latency) and is not a metrics file; the reproducible
-numbers stay in metrics/evaluate.json.
+reports/ is a DVC output and reproduces bit for bit like metrics/evaluate.json: the wall-clock
+latency is not in it (the evaluate stage writes it to timings/evaluate.json).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from kdflow.comparison import ROLES, Comparison
 from kdflow.evaluation import calibration_bins
 from kdflow.io import atomic_dir
 from kdflow.params import Params
+from kdflow.paths import REPORTS_DIR, live_dir
 
-REPORTS = Path("reports")
-CONFUSION_DIR = Path("dvclive") / "evaluate"
 TITLES = {"teacher": "teacher", "student_distilled": "distilled student", "student_scratch": "scratch student"}
 
 
-def write_confusion_plots(comparison: Comparison, class_names: list[str], directory: Path = CONFUSION_DIR) -> None:
+def write_confusion_plots(comparison: Comparison, class_names: list[str], directory: Path = live_dir("evaluate")) -> None:
     """One DVC `confusion` plot per model (repeat 0), via dvclive's sklearn plot writer."""
     from dvclive import Live
 
@@ -35,16 +34,13 @@ def write_confusion_plots(comparison: Comparison, class_names: list[str], direct
 
 
 def write_report(comparison: Comparison, params: Params, class_names: list[str], deployment: dict | None = None,
-                 directory: Path = REPORTS) -> None:
-    """reports/summary.md, reports/latency.json and the PNG figures, swapped in as a whole."""
-    from kdflow.io import write_json
-
+                 directory: Path = REPORTS_DIR) -> None:
+    """reports/summary.md and the PNG figures, swapped in as a whole."""
     with atomic_dir(directory) as staging:
         (staging / "figures").mkdir()
         _reliability_figure(comparison, staging / "figures" / "reliability.png")
         for role in ROLES:
             _confusion_figure(comparison, role, class_names, staging / "figures" / f"confusion_{role}.png")
-        write_json(staging / "latency.json", {"unit": "ms, median per call", **comparison.latency})
         (staging / "summary.md").write_text(summary_markdown(comparison, params, deployment))
 
 
@@ -64,15 +60,14 @@ def deployment_markdown(export: dict) -> list[str]:
 
 
 def summary_markdown(comparison: Comparison, params: Params, deployment: dict | None = None) -> str:
-    m, lat = comparison.metrics, comparison.latency
+    m = comparison.metrics
     rows = []
     for role in ROLES:
         r = m[role]
         acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if r["repeats"] > 1 else f"{r['accuracy']:.4f}"
         agreement = f"{r['teacher_agreement_mean']:.4f}" if "teacher_agreement_mean" in r else "—"
-        timing = (f"{lat[role]['batch_1']:.3f} / {lat[role]['batch_256']:.2f}" if role in lat else "—")
         rows.append(f"| {TITLES[role]} | {acc} | {r['repeats']} | {r['loss_mean']:.4f} | {r['ece_mean']:.4f} | "
-                    f"{agreement} | {r['params']:,} | {_fmt_size(r['size_bytes'])} | {timing} |")
+                    f"{agreement} | {r['params']:,} | {_fmt_size(r['size_bytes'])} |")
     gain = m["kd_gain"]
     ci = ("" if gain["ci95_low"] is None else
           f", 95% CI [{gain['ci95_low'] * 100:+.2f}, {gain['ci95_high'] * 100:+.2f}]")
@@ -90,11 +85,12 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
         "# kdflow summary",
         "",
         "Test split. Students: mean ± std over paired repeats; NLL, ECE and agreement are means "
-        "over repeats; size, params and latency are repeat 0's (the model that ships).",
+        "over repeats; size and params are repeat 0's (the model that ships). CPU latency is "
+        "wall-clock and varies run to run, so it is not here: see timings/evaluate.json.",
         "",
         "| model | test accuracy | repeats | NLL | ECE (15 bins) | top-1 agreement with teacher | params "
-        "| size | latency ms (1 / 256 samples) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| size |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"**KD gain** (distilled − scratch, paired over {gain['pairs']} seeds): "

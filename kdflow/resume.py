@@ -25,8 +25,7 @@ import numpy as np
 
 from kdflow.io import atomic_path
 from kdflow.params import Params
-
-RUNS = Path(".kdflow") / "runs"  # git- and dvc-ignored; never a DVC output
+from kdflow.paths import RUNS_DIR
 
 
 def _fingerprint(stage: str, params: Params, inputs: Iterable[Path]) -> str:
@@ -48,7 +47,7 @@ def run_dir(stage: str, params: Params, inputs: Iterable[Path]) -> Iterator[Path
     """This stage run's checkpoint folder; removed once the block (which writes the stage's
     outputs) succeeds. Checkpoints of other params, data or code are removed up front."""
     key = _fingerprint(stage, params, inputs)
-    stage_root = RUNS / stage
+    stage_root = RUNS_DIR / stage
     if stage_root.exists():
         for stale in stage_root.iterdir():
             if stale.name != key:

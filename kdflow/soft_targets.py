@@ -1,8 +1,9 @@
 """The teacher's cached outputs: computed once by `soft_targets`, read by `distill`.
 
 Always the logits on train and val; for feature-hint methods (FitNets) also the flattened
-output of the teacher's hint layer. There is no data augmentation, so the cache is exactly
-what the teacher would produce online.
+output of the teacher's hint layer. The students train on the un-augmented images
+(train_student.augment is refused), so the cache is exactly what the teacher would produce
+online for every batch they see.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from kdflow.data import Prepared
 from kdflow.errors import KdflowError
 from kdflow.evaluation import INFERENCE_BATCH_SIZE
 from kdflow.io import load_npz, save_npz
+from kdflow.paths import SOFT_TARGETS
 
-SOFT_TARGETS_PATH = Path("data/soft_targets/logits.npz")
 SPLITS = ("train", "val")
 
 
@@ -37,7 +38,7 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[s
     for name in SPLITS:
         x = data.xy(name)[0]
         # Batch by batch through predict's own compiled function (the same numbers as
-        # `predict`): `predict(x)` first copied all of x into its tf.data pipeline.
+        # `predict`, which would first copy all of x into its tf.data pipeline).
         batches = [extractor.predict_on_batch(x[i:i + INFERENCE_BATCH_SIZE])
                    for i in range(0, len(x), INFERENCE_BATCH_SIZE)]
         result = [np.concatenate(parts) for parts in zip(*(b if isinstance(b, list) else [b] for b in batches))]
@@ -47,12 +48,12 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[s
     return cache
 
 
-def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS_PATH) -> None:
+def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS) -> None:
     # The data hash ties the cache to the exact prepared data it was computed on.
     save_npz(path, data_hash=np.array(data.meta["content_hash"]), **cache)
 
 
-def load(data: Prepared, with_features: bool = False, path: Path = SOFT_TARGETS_PATH) -> dict[str, np.ndarray]:
+def load(data: Prepared, with_features: bool = False, path: Path = SOFT_TARGETS) -> dict[str, np.ndarray]:
     feature_keys = tuple(f"{s}_features" for s in SPLITS) if with_features else ()
     rerun = "rerun `dvc repro soft_targets`"
     arrays = load_npz(path, ("data_hash", *SPLITS), produced_by="soft_targets")

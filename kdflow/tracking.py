@@ -1,7 +1,7 @@
 """Per-epoch training curves, logged with dvclive so that `dvc plots show/diff` draws them.
 
 Each training stage logs to ``dvclive/<stage>/`` (the plots declared in dvc.yaml read the
-TSV files there). dvclive writes no timestamps by default, so the logs reproduce bit for bit
+TSV files there; kdflow.paths.live_dir). dvclive writes no timestamps by default, so the logs reproduce bit for bit
 like the metrics. Students log their repeat 0, the model that ships.
 """
 
@@ -10,12 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-
-LIVE_ROOT = Path("dvclive")
-
-
-def live_dir(stage: str) -> Path:
-    return LIVE_ROOT / stage
 
 
 class LearningRateLogger(keras.callbacks.Callback):

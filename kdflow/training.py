@@ -1,7 +1,8 @@
 """The one training loop: Keras ``fit`` with Adam, cosine decay and early stopping.
 
-Teacher, scratch student and distilled student all train here; they differ only in the
-loss (see ``kdflow.losses``) and in the packed targets they are given.
+Teacher, scratch student and distilled student all train here, each as a
+``kdflow.objective.TrainingModel``; they differ only in its objective and in the targets
+they are given (labels, plus the teacher's cached outputs for distillation).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Mapping
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from kdflow.errors import KdflowError
 from kdflow.evaluation import INFERENCE_BATCH_SIZE
-from kdflow.losses import LossFn, accuracy, hard_ce
+from kdflow.objective import TrainingModel
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
 from kdflow.tracking import LearningRateLogger
@@ -25,22 +26,24 @@ from kdflow.tracking import LearningRateLogger
 # The quantity early stopping watches: the validation cross-entropy with the hard labels
 # (for the distilled student too, as in the reference repo: its KD term is no model-selection signal).
 MONITOR = "val_hard_ce"
-# Training steps per compiled call. The profile of `distill` on the default (small) student
-# showed ~40% of each step spent in Python dispatch between steps; running 16 steps per call
-# cut the epoch time by about a third on 2 CPU cores with bit-identical weights. XLA
-# (jit_compile) stays off: Keras silently disables it while TF op determinism is on.
+# Training steps per compiled call: with the default small student, Python dispatch between
+# steps was ~40% of a step on 2 CPU cores (docs/performance.md). XLA (jit_compile) stays off:
+# Keras silently disables it while TF op determinism is on.
 STEPS_PER_EXECUTION = 16
 
+Targets = Mapping[str, np.ndarray]  # see kdflow.objective: labels (+ teacher_logits, teacher_features)
 
-def make_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int | None = None,
+
+def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | None = None,
                  epochs: range = range(1)) -> tf.data.Dataset:
     """In-memory tf.data pipeline. Without a seed: one pass in order (validation). With a seed:
     the batches of ``epochs``, each epoch in its own order, a function of (seed, epoch number)
     only, so a run resumed at epoch k reads exactly the batches an uninterrupted run reads.
     Batches are gathered by index from the arrays loaded once (no shuffle buffer copy)."""
+    targets = {key: _as_target(key, value) for key, value in targets.items()}
     if seed is None:
         return tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    x_all, t_all = _images_as_tensor(x), tf.constant(targets)
+    x_all, t_all = _images_as_tensor(x), {key: tf.constant(value) for key, value in targets.items()}
     n = len(x)
 
     def epoch_batches(epoch):
@@ -50,8 +53,12 @@ def make_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int 
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
-    ds = ds.map(lambda idx: (tf.gather(x_all, idx), tf.gather(t_all, idx)))
+    ds = ds.map(lambda idx: (tf.gather(x_all, idx), {key: tf.gather(t, idx) for key, t in t_all.items()}))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _as_target(key: str, value: np.ndarray) -> np.ndarray:
+    return np.asarray(value, dtype=np.int32 if key == "labels" else np.float32)
 
 
 _images_tensor: tuple[np.ndarray, tf.Variable | tf.Tensor] | None = None  # (array, its TF copy)
@@ -101,31 +108,29 @@ class _StopOnNaN(keras.callbacks.Callback):
 
 
 def fit(
-    model: keras.Model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    model: TrainingModel,
+    train: tuple[np.ndarray, Targets],
+    val: tuple[np.ndarray, Targets],
     cfg: TrainParams,
-    loss: LossFn,
     seed: int,
-    metrics: list[Callable] | None = None,
     extra_callbacks: list[keras.callbacks.Callback] = (),
     config_key: str = "train",
     jit_compile: bool = False,
     checkpoint: Path | None = None,
 ) -> dict:
-    """Train ``model`` in place on packed targets; return a summary of the kept epoch.
+    """Train ``model`` in place; return a summary of the kept epoch.
 
-    ``metrics`` default to accuracy and hard-label cross-entropy (``hard_ce``, which early
-    stopping watches on the validation split). With ``checkpoint``, the training state is saved
-    there after every epoch and a run finds it and resumes (see ``kdflow.resume``)."""
+    The logs hold the model's tracked terms (``loss``, ``accuracy``, ``hard_ce``, and for
+    distillation ``soft_loss`` / ``hint_loss``); early stopping watches ``val_hard_ce``. With
+    ``checkpoint``, the training state is saved there after every epoch and a run finds it and
+    resumes (see ``kdflow.resume``)."""
     x_train, t_train = train
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    setup = (cfg, steps_per_epoch, loss, tuple(metrics or ()), jit_compile)
+    setup = (cfg, steps_per_epoch, jit_compile)
     if getattr(model, "_kdflow_fit_setup", None) == setup:
         # Fitted before with this very setup (the next repeat of a student stage): keep the
         # compiled (traced) training step and start from a fresh optimizer state. A new compile
-        # would retrace, which took ~4.7 s per repeat of the default student on 2 cores
-        # (train_scratch, 5 repeats: 40 s -> 21 s, bit-identical models).
+        # would retrace, seconds per repeat for the default student on 2 cores.
         for variable in model.optimizer.variables:
             variable.assign(tf.zeros_like(variable))
     else:
@@ -134,8 +139,6 @@ def fit(
         )
         model.compile(
             optimizer=keras.optimizers.Adam(schedule, amsgrad=cfg.amsgrad),
-            loss=loss,
-            metrics=metrics or [accuracy, hard_ce],  # early stopping needs hard_ce among them
             steps_per_execution=_steps_per_execution(steps_per_epoch),
             jit_compile=jit_compile,
         )

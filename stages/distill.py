@@ -4,24 +4,25 @@ Writes models/student_distilled.keras (repeat 0), models/student_distilled_repea
 metrics/distill.json. A killed run resumes from its last finished epoch.
 """
 
-from kdflow.errors import run_stage
 from kdflow.params import load_params
+from kdflow.runner import run_stage
 
 
 def main() -> None:
     params = load_params()
-    from kdflow import artifacts, distribute, recipes, resume, soft_targets, tracking
-    from kdflow.data import PREPARED_DIR, load_prepared
+    from kdflow import artifacts, distribute, recipes, resume, soft_targets
+    from kdflow.data import load_prepared
     from kdflow.io import atomic_dir, write_json
+    from kdflow.paths import PREPARED_DIR, SOFT_TARGETS, live_dir, metrics_file
 
     distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
     cache = soft_targets.load(data, with_features=params.distill.needs_teacher_features)
-    with resume.run_dir("distill", params, [PREPARED_DIR, soft_targets.SOFT_TARGETS_PATH]) as run_dir:
-        with atomic_dir(tracking.live_dir("distill")) as log_dir:
+    with resume.run_dir("distill", params, [PREPARED_DIR, SOFT_TARGETS]) as run_dir:
+        with atomic_dir(live_dir("distill")) as log_dir:
             students = recipes.train_students(params, data, cache, log_dir=log_dir, run_dir=run_dir)
             summary = artifacts.save_students("student_distilled", students)
-        write_json("metrics/distill.json", summary)
+        write_json(metrics_file("distill"), summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_distilled*")
 

@@ -3,11 +3,11 @@
 Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE, per-class accuracy, teacher
 agreement, size, the paired KD gain with its 95% CI, gap closed, compression), the DVC
 confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export stage's
-deployment numbers, figures, latency.json).
+deployment numbers, figures). CPU latency is wall-clock: timings/evaluate.json, not tracked.
 """
 
-from kdflow.errors import run_stage
 from kdflow.params import load_params
+from kdflow.runner import run_stage
 
 
 def main() -> None:
@@ -16,20 +16,23 @@ def main() -> None:
     from kdflow.comparison import ROLES, compare
     from kdflow.data import load_prepared
     from kdflow.io import read_json, write_json
+    from kdflow.paths import metrics_file, timings_file
     from kdflow.report import write_confusion_plots, write_report
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("test",))
     result = compare(data, teacher_safe_mode=params.teacher.safe_mode)
     write_confusion_plots(result, data.class_names)
-    deployment = read_json("metrics/export.json", produced_by="export")
+    deployment = read_json(metrics_file("export"), produced_by="export")
     write_report(result, params, data.class_names, deployment)
-    write_json("metrics/evaluate.json", result.metrics)
+    write_json(metrics_file("evaluate"), result.metrics)
+    write_json(timings_file("evaluate"), {"unit": "ms, median per call", **result.latency})
 
     for role in ROLES:
         r = result.metrics[role]
         print(f"evaluate: {role:18s} test accuracy {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
-              f"(n={r['repeats']})  ECE {r['ece_mean']:.4f}  params {r['params']}")
+              f"(n={r['repeats']})  ECE {r['ece_mean']:.4f}  params {r['params']}  "
+              f"latency {result.latency[role]['batch_1']:.3f} ms (1 sample)")
     gain = result.metrics["kd_gain"]
     ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
     print(f"evaluate: KD gain {gain['mean']:+.4f}{ci}; gap closed {result.metrics['gap_closed']}; "

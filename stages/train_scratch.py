@@ -4,23 +4,24 @@ Writes models/student_scratch.keras (repeat 0), models/student_scratch_repeats/ 
 metrics/train_scratch.json. A killed run resumes from its last finished epoch.
 """
 
-from kdflow.errors import run_stage
 from kdflow.params import load_params
+from kdflow.runner import run_stage
 
 
 def main() -> None:
     params = load_params()
-    from kdflow import artifacts, distribute, recipes, resume, tracking
-    from kdflow.data import PREPARED_DIR, load_prepared
+    from kdflow import artifacts, distribute, recipes, resume
+    from kdflow.data import load_prepared
     from kdflow.io import atomic_dir, write_json
+    from kdflow.paths import PREPARED_DIR, live_dir, metrics_file
 
     distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
     with resume.run_dir("train_scratch", params, [PREPARED_DIR]) as run_dir:
-        with atomic_dir(tracking.live_dir("train_scratch")) as log_dir:
+        with atomic_dir(live_dir("train_scratch")) as log_dir:
             students = recipes.train_students(params, data, log_dir=log_dir, run_dir=run_dir)
             summary = artifacts.save_students("student_scratch", students)
-        write_json("metrics/train_scratch.json", summary)
+        write_json(metrics_file("train_scratch"), summary)
     print(f"train_scratch: mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_scratch*")
 

@@ -1,14 +1,26 @@
+"""Shared test helpers and the one pipeline run of the session.
+
+Tiers: `python -m pytest -m "not e2e and not bench"` runs the in-process tests (a quick signal);
+`python -m pytest` adds the end-to-end tests (stage scripts and the real dvc CLI) and the
+benchmark's smoke test.
+"""
+
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+
+from benchmarks.run import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "export", "evaluate"}
 
 
 def minimal_params(**overrides) -> dict:
@@ -22,7 +34,7 @@ def minimal_params(**overrides) -> dict:
         "data": {"name": "mnist5k", "val_fraction": 0.1, "test_fraction": 0.2},
         "teacher": {"arch": "spec", "spec": {"conv_filters": [8], "dense_units": [32]}},
         "student": {"arch": "repo_student"},
-        "train_teacher": dict(tiny_train),
+        "train_teacher": {**tiny_train, "augment": {"shift": 0.0}},
         "train_student": dict(tiny_train),
     }
     for key, value in overrides.items():
@@ -56,9 +68,110 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def stage_env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+    env.pop("KDFLOW_DEBUG", None)
+    return env
+
+
 def run_stage(name, cwd, timeout=300):
     """Run a stage script as a user does (`python -m stages.<name>`) in ``cwd``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("KDFLOW_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=stage_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+# ---- the real dvc CLI in temporary git repositories ---------------------------------------
+
+def sh(args, cwd, check=True, env=None):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "kdflow-test", "GIT_AUTHOR_EMAIL": "test@kdflow",
+           "GIT_COMMITTER_NAME": "kdflow-test", "GIT_COMMITTER_EMAIL": "test@kdflow", **(env or {})}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([a-z_]+)'", output))
+
+
+def stages_skipped(output: str) -> set[str]:
+    return set(re.findall(r"Stage '([a-z_]+)' didn't change, skipping", output))
+
+
+def tiny_params(params: dict) -> dict:
+    """The committed params with a tiny teacher, 2 repeats and one epoch each."""
+    params["teacher"].update(arch="spec", spec={"conv_filters": [8], "dense_units": [32]})
+    params["repeats"] = 2
+    for section in ("train_teacher", "train_student"):
+        params[section].update(epochs=1, batch_size=128)
+    return params
+
+
+def make_repo(repo: Path, commit: bool = True, **param_updates) -> Path:
+    """The project's files in a fresh git repository, with tiny training settings."""
+    copy_project(repo)
+    params = tiny_params(yaml.safe_load((repo / "params.yaml").read_text()))
+    for key, value in param_updates.items():
+        params[key].update(value) if isinstance(value, dict) else params.__setitem__(key, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["git", "init", "-q", "-b", "main"], repo)
+    if commit:
+        sh(["git", "add", "-A"], repo)
+        sh(["git", "commit", "-qm", "init"], repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def params_log(tmp_path_factory) -> Path:
+    """Where the session's pipeline runs record the params each stage read (kdflow.param_usage)."""
+    return tmp_path_factory.mktemp("params_log") / "reads.jsonl"
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory, params_log):
+    """A tiny project after one full `dvc repro`, committed: the session's one pipeline run.
+    Tests that change a project work on a copy (``copy_repo``)."""
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    first = sh(["dvc", "repro"], repo, env={"KDFLOW_PARAMS_LOG": str(params_log)})
+    assert stages_run(first.stdout) == ALL_STAGES
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "baseline results"], repo)
+    (repo.parent / "first_repro.log").write_text(first.stdout)
+    return repo
+
+
+def copy_repo(repo: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def byo_repo(tmp_path_factory, params_log):
+    """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own .keras teacher,
+    tracked with `dvc add` and distilled with FitNets (a hint from the teacher's `features`
+    layer): the other code paths of every stage, in one `dvc repro`. Returns (repo, its output)."""
+    import keras
+
+    repo = tmp_path_factory.mktemp("byo") / "repo"
+    (repo / "inputs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["ant", "bee", "cow"]), 20)
+    x = rng.integers(0, 80, size=(len(labels), 10, 10, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        x[i, :, "abc".index(label[0])] = 255
+    np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
+    inputs = keras.Input((10, 10, 3))
+    features = keras.layers.Flatten(name="features")(inputs)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(features)).save(repo / "inputs/teacher.keras")
+    make_repo(repo, commit=False,
+              data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2},
+              teacher={"source": "file", "path": "inputs/teacher.keras"},
+              distill={"method": "fitnet"}, fitnet={"teacher_layer": "features", "student_layer": "flatten"})
+    sh(["dvc", "add", "inputs/mine.npz", "inputs/teacher.keras"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "track inputs"], repo)
+    first = sh(["dvc", "repro"], repo, env={"KDFLOW_PARAMS_LOG": str(params_log)})
+    return repo, first.stdout + first.stderr

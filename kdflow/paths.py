@@ -1,0 +1,51 @@
+"""Every file and folder the pipeline reads or writes, relative to the project root.
+
+dvc.yaml names the same paths; tests/test_consistency.py checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPARED_DIR = Path("data/prepared")
+PREPARED_DATA = PREPARED_DIR / "data.npz"
+PREPARED_META = PREPARED_DIR / "meta.json"
+SOFT_TARGETS_DIR = Path("data/soft_targets")
+SOFT_TARGETS = SOFT_TARGETS_DIR / "logits.npz"
+MODELS_DIR = Path("models")
+EXPORT_DIR = Path("export")
+REPORTS_DIR = Path("reports")
+METRICS_DIR = Path("metrics")
+LIVE_DIR = Path("dvclive")  # dvclive curves (and evaluate's confusion plots), one folder per stage
+# Not DVC outputs (git- and dvc-ignored): they may differ from run to run.
+RUNS_DIR = Path(".kdflow/runs")  # per-epoch training checkpoints (kdflow.resume)
+TIMINGS_DIR = Path("timings")    # wall-clock latency measured by export and evaluate
+LOGS_DIR = Path("logs")          # tracebacks of unexpected errors
+
+# role -> the stage that writes it (named in "run `dvc repro <stage>`" messages)
+MODEL_ROLES = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch"}
+
+
+def metrics_file(stage: str) -> Path:
+    return METRICS_DIR / f"{stage}.json"
+
+
+def live_dir(stage: str) -> Path:
+    return LIVE_DIR / stage
+
+
+def timings_file(stage: str) -> Path:
+    return TIMINGS_DIR / f"{stage}.json"
+
+
+def model_file(role: str) -> Path:
+    """The model to use or ship: the teacher, or a student's repeat 0."""
+    return MODELS_DIR / f"{role}.keras"
+
+
+def repeats_dir(role: str) -> Path:
+    return MODELS_DIR / f"{role}_repeats"
+
+
+def repeat_file(role: str, repeat: int) -> Path:
+    return repeats_dir(role) / f"repeat_{repeat}.keras"

@@ -1,0 +1,187 @@
+"""One source of truth: the facts written in more than one place agree, and each check is shown
+to catch a deliberately stale entry.
+
+- params.yaml spells out exactly the schema's defaults (kdflow/params.py);
+- each stage's code deps in dvc.yaml are exactly the files its script imports (transitively);
+- each stage's params in dvc.yaml are exactly what it reads (recorded while the pipeline runs);
+- dvc.yaml's outputs are the paths kdflow.paths defines;
+- the README's stage table and docs/params.md agree with dvc.yaml and the schema.
+"""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from kdflow import paths
+from kdflow.losses import METHODS
+from kdflow.param_usage import ParamsView
+from kdflow.params import Params, load_params
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = list(DVC_YAML["stages"])
+
+
+def leaf_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys |= leaf_keys(value, f"{dotted}.") if isinstance(value, dict) else {dotted}
+    return keys
+
+
+# ---- params.yaml vs the schema ---------------------------------------------------------------
+
+def schema_disagreements(raw: dict) -> list[str]:
+    """Keys where a params mapping differs from the schema's defaults, or that one of them lacks."""
+    defaults = Params().model_dump(exclude_none=True)
+    given = Params.model_validate(raw).model_dump(exclude_none=True)
+    problems = sorted(leaf_keys(defaults) ^ leaf_keys(raw))
+    flat_defaults, flat_given = _flat(defaults), _flat(given)
+    problems += [f"{k}: {flat_given[k]!r} != default {flat_defaults[k]!r}" for k in sorted(flat_defaults)
+                 if flat_given.get(k) != flat_defaults[k]]
+    return problems
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_params_yaml_spells_out_exactly_the_schema_defaults():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert schema_disagreements(raw) == []
+    assert load_params(ROOT / "params.yaml") == Params()
+
+
+def test_a_stale_default_in_params_yaml_is_caught():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["repeats"] = 3
+    del raw["train_teacher"]["augment"]["shift"]
+    assert schema_disagreements(raw) == ["train_teacher.augment.shift", "repeats: 3 != default 5",
+                                         "train_teacher.augment.shift: 0.0 != default 0.1"]
+
+
+# ---- code deps: what each stage imports ----------------------------------------------------
+
+def imported_modules(path: Path) -> set[str]:
+    """The kdflow modules a file imports, anywhere in it (lazy imports inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("kdflow")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdflow"):
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names
+                      if (ROOT / node.module.replace(".", "/") / f"{alias.name}.py").exists()}
+    return found
+
+
+def code_deps(stage: str) -> set[str]:
+    """stages/<stage>.py and every kdflow file it imports, transitively (the package's
+    __init__.py runs on any import of it)."""
+    files, todo = {f"stages/{stage}.py"}, [ROOT / "stages" / f"{stage}.py"]
+    while todo:
+        for module in imported_modules(todo.pop()):
+            file = module.replace(".", "/") + ".py" if module != "kdflow" else "kdflow/__init__.py"
+            for dep in {file, "kdflow/__init__.py"} - files:
+                files.add(dep)
+                todo.append(ROOT / dep)
+    return files
+
+
+def declared_code_deps(dvc_yaml: dict, stage: str) -> set[str]:
+    return {d for d in dvc_yaml["stages"][stage]["deps"] if str(d).endswith(".py")}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_yaml_code_deps_are_what_the_stage_imports(stage):
+    assert declared_code_deps(DVC_YAML, stage) == code_deps(stage)
+
+
+def test_a_stale_code_dep_is_caught():
+    stale = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stale["stages"]["distill"]["deps"].remove("kdflow/losses.py")
+    assert code_deps("distill") - declared_code_deps(stale, "distill") == {"kdflow/losses.py"}
+
+
+# ---- params: what each stage reads ---------------------------------------------------------
+
+def covered(key: str, listed: list[str]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in listed)
+
+
+def param_problems(dvc_yaml: dict, reads: dict[str, set[str]]) -> list[str]:
+    """Keys a stage read that dvc.yaml does not list (its outputs would go stale when they
+    change), and listed keys no stage run read (changing them would rerun it for nothing)."""
+    problems = []
+    for stage, spec in dvc_yaml["stages"].items():
+        listed = [str(p) for p in spec.get("params", [])]
+        problems += [f"{stage} reads {k} (not in dvc.yaml)" for k in sorted(reads[stage]) if not covered(k, listed)]
+        problems += [f"{stage} lists {p} (never read)" for p in listed
+                     if not any(k == p or k.startswith(f"{p}.") for k in reads[stage])]
+    return problems
+
+
+def method_reads() -> set[str]:
+    """What building each registered distillation method reads (a method's knobs are read only
+    when it is the one chosen, so no single pipeline run reads them all)."""
+    keys: set[str] = set()
+    for method, build in METHODS.items():
+        build(ParamsView(Params.model_validate({"distill": {"method": method}}), "", keys))
+    return keys
+
+
+@pytest.mark.e2e
+def test_dvc_yaml_params_are_what_each_stage_reads(pipeline_repo, byo_repo, params_log):
+    reads = {stage: set() for stage in STAGES}
+    for line in params_log.read_text().splitlines():  # the session's runs: default params, and byo + fitnet
+        record = json.loads(line)
+        reads[record["stage"]] |= set(record["keys"])
+    assert all(reads.values()), reads
+    reads["distill"] |= method_reads()
+    assert param_problems(DVC_YAML, reads) == []
+
+    stale = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stale["stages"]["distill"]["params"].remove("temperature")
+    stale["stages"]["export"]["params"].append("alpha")
+    assert param_problems(stale, reads) == ["distill reads temperature (not in dvc.yaml)",
+                                            "export lists alpha (never read)"]
+
+
+# ---- output paths ----------------------------------------------------------------------------
+
+def defined_paths() -> set[str]:
+    fixed = {str(v) for v in vars(paths).values() if isinstance(v, Path)}
+    per_stage = {str(f(stage)) for f in (paths.metrics_file, paths.live_dir) for stage in STAGES}
+    per_role = {str(f(role)) for f in (paths.model_file, paths.repeats_dir) for role in paths.MODEL_ROLES}
+    return fixed | per_stage | per_role
+
+
+def test_dvc_yaml_outputs_are_paths_defined_in_kdflow_paths():
+    declared = set()
+    for spec in DVC_YAML["stages"].values():
+        for entry in spec.get("outs", []) + spec.get("metrics", []):
+            declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    assert declared and declared <= defined_paths(), declared - defined_paths()
+
+
+# ---- the docs ------------------------------------------------------------------------------
+
+def test_readme_stage_table_matches_dvc_yaml():
+    rows = re.findall(r"^\| `(\w+)` \| (.*?) \|", (ROOT / "README.md").read_text(), flags=re.M)
+    table = {stage: re.findall(r"`([\w.]+)`", cell) for stage, cell in rows if stage in DVC_YAML["stages"]}
+    assert table == {stage: [str(p) for p in spec["params"]] for stage, spec in DVC_YAML["stages"].items()}
+
+
+def test_docs_params_reference_lists_every_key_of_the_schema():
+    text = (ROOT / "docs/params.md").read_text()
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", text, flags=re.M))
+    schema = leaf_keys(Params().model_dump(exclude_none=True))
+    assert documented == schema
