@@ -15,7 +15,32 @@ from kdflow.quiet import native_stderr_captured
 
 
 def save_saved_model(model, directory: Path) -> None:
-    model.export(str(directory), format="tf_saved_model", verbose=False)
+    """A SavedModel (one `serving_default` signature: images in, logits out) whose bytes depend
+    only on the model, so DVC hashes it the same run to run. Keras' own `model.export` orders the
+    variables differently from process to process; `tf.saved_model.save` of a tf.Module that
+    tracks them in the model's own order does not. TensorFlow also stamps a random uuid into
+    fingerprint.pb, replaced by the model's checksum."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            # Keras 3 variables are not tf.Variables to tf.Module's tracking: track the TF ones,
+            # or the SavedModel (and TFLite from it) would hold uninitialised resources.
+            self.tracked_variables = [variable.value for variable in model.variables]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")])
+        def serve(self, image):
+            return {"logits": self.model(image, training=False)}
+
+    serving = Serving()
+    tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.serve})
+    path = directory / "fingerprint.pb"
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
+    fingerprint.uuid = str(fingerprint.saved_model_checksum)
+    path.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def to_tflite(saved_model_dir: Path, calibration: np.ndarray | None = None) -> bytes:

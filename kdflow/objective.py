@@ -122,4 +122,4 @@ def training_model(network: keras.Model, objective: Objective = HARD_LABELS,
         if len(hint.shape) > 2:
             hint = keras.layers.Flatten(name="hint_flatten")(hint)
         outputs = [outputs, keras.layers.Dense(hint_width, name="hint_projection")(hint)]
-    return TrainingModel(network.inputs, outputs, objective, name=f"{network.name}_training")
+    return TrainingModel(network.inputs, outputs, objective, name=network.name)

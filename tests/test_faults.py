@@ -3,7 +3,6 @@ non-zero with one line that names the problem, writes nothing, and leaves the pr
 The rules behind each message are tested in-process (test_params, test_sources, test_data,
 test_training); here it is the stage wrapper's job that is checked."""
 
-import os
 import shutil
 import signal
 import subprocess

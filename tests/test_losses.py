@@ -1,15 +1,16 @@
+"""The loss terms against NumPy transcriptions of their papers, and the training objective
+(TrainingModel.compute_loss) against the published mix of its terms."""
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import minimal_params
-from kdflow.losses import METHODS, accuracy, distillation_loss, hard_ce, pack_targets, soft_kl
+from kdflow import objective
+from kdflow.losses import METHODS, hard_ce, soft_kl
+from kdflow.objective import LABELS, TEACHER_FEATURES, TEACHER_LOGITS, training_model
 from kdflow.params import validate
-
-
-def kd_loss_for(alpha, temperature):
-    loss, _, _ = distillation_loss(validate(minimal_params(alpha=alpha, temperature=temperature)), 5)
-    return loss
 
 
 def np_log_softmax(z):
@@ -34,25 +35,6 @@ def batch():
     return labels, teacher, student
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 1.0])
-@pytest.mark.parametrize("temperature", [1.0, 4.0, 10.0])
-def test_kd_matches_numpy_reference(batch, alpha, temperature):
-    labels, teacher, student = batch
-    loss = kd_loss_for(alpha, temperature)
-    got = loss(tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)).numpy()
-    want = np_kd_loss(labels, teacher, student, alpha, temperature)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-
-
-def test_alpha_extremes_select_one_term(batch):
-    labels, teacher, student = batch
-    targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
-    only_ce = kd_loss_for(1.0, 4.0)
-    np.testing.assert_allclose(only_ce(targets, logits), hard_ce(targets, logits), rtol=1e-6)
-    only_soft = kd_loss_for(0.0, 4.0)
-    np.testing.assert_allclose(only_soft(targets, logits), soft_kl(targets[:, 1:], logits, 4.0), rtol=1e-6)
-
-
 def test_t_squared_factor_is_applied(batch):
     labels, teacher, student = batch
     t, s = tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)
@@ -67,22 +49,6 @@ def test_soft_term_is_non_negative_and_zero_at_the_teacher(batch):
     t = tf.constant(teacher, tf.float32)
     assert np.all(soft_kl(t, tf.constant(student, tf.float32), 3.0).numpy() >= -1e-6)
     np.testing.assert_allclose(soft_kl(t, t, 3.0), 0.0, atol=1e-5)
-
-
-def test_metrics_read_the_label_column(batch):
-    labels, teacher, _ = batch
-    targets = tf.constant(pack_targets(labels, teacher))
-    perfect = tf.one_hot(labels, 5) * 10.0
-    assert accuracy(targets, perfect).numpy().mean() == 1.0
-    np.testing.assert_allclose(hard_ce(targets, tf.constant(teacher, tf.float32)),
-                               -np_log_softmax(teacher)[np.arange(16), labels], rtol=1e-4)
-
-
-def test_pack_targets_layout():
-    packed = pack_targets([2, 0], [[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
-    assert packed.shape == (2, 4) and packed.dtype == np.float32
-    assert packed[:, 0].tolist() == [2, 0]
-    assert pack_targets([1, 2, 3]).shape == (3, 1)
 
 
 # ---- the other distillation methods, each against a NumPy transcription of its paper ----
@@ -165,57 +131,100 @@ def test_mse_matches_numpy_reference(batch):
     np.testing.assert_allclose(got, ((batch[2] - batch[1]) ** 2).mean(1), rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd", "lskd", "dist", "mse", "fitnet"])
+
+
+# ---- the objective: TrainingModel.compute_loss -------------------------------------------------
+
+def model_for(params=None, regularizer=None, hint_width=0):
+    """A TrainingModel over a 5-class network; compute_loss is called with given logits."""
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="hidden", kernel_regularizer=regularizer)(inputs)
+    network = keras.Model(inputs, keras.layers.Dense(5, name="logits")(hidden))
+    goal = objective.HARD_LABELS if params is None else objective.distillation(params)
+    hint = network.get_layer("hidden").output if hint_width else None
+    return training_model(network, goal, hint, hint_width)
+
+
+def targets_for(labels, teacher, features=None):
+    t = {LABELS: tf.constant(labels, tf.int32), TEACHER_LOGITS: tf.constant(teacher, tf.float32)}
+    if features is not None:
+        t[TEACHER_FEATURES] = tf.constant(features, tf.float32)
+    return t
+
+
+def logged(model) -> dict:
+    return {m.name: float(m.result()) for m in model.metrics if m.name != "loss"}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 10.0])
+def test_kd_objective_matches_numpy_reference_and_logs_each_term(batch, alpha, temperature):
+    labels, teacher, student = batch
+    model = model_for(validate(minimal_params(alpha=alpha, temperature=temperature)))
+    loss = model.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32))
+    np.testing.assert_allclose(float(loss), np.mean(np_kd_loss(labels, teacher, student, alpha, temperature)),
+                               rtol=1e-4)
+    terms = logged(model)
+    np.testing.assert_allclose(terms["hard_ce"], np.mean(np_kd_loss(labels, teacher, student, 1.0, temperature)),
+                               rtol=1e-5)
+    # the soft term is logged even at alpha = 1, where it is not in the loss
+    np.testing.assert_allclose(terms["soft_loss"], np.mean(np_kd_loss(labels, teacher, student, 0.0, temperature)),
+                               rtol=1e-4)
+
+
+def test_hard_label_objective_is_the_cross_entropy_and_accuracy_reads_the_labels(batch):
+    labels, teacher, student = batch
+    model = model_for()
+    targets = {LABELS: tf.constant(labels, tf.int32)}
+    loss = model.compute_loss(y=targets, y_pred=tf.constant(student, tf.float32))
+    np.testing.assert_allclose(float(loss), np.mean(hard_ce(labels, student)), rtol=1e-6)
+    model.compute_metrics(None, targets, tf.one_hot(labels, 5) * 10.0)
+    assert logged(model) == {"accuracy": 1.0, "hard_ce": pytest.approx(float(loss), rel=1e-6)}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, method):
     labels, teacher, student = batch
     params = validate(minimal_params(alpha=0.3, distill={"method": method}))
-    loss, metrics, callbacks = distillation_loss(params, 5)
-    names = [m.__name__ for m in metrics]
-    # alpha < 1: no soft_loss metric; its mean is derived from the tracked ones (checked below)
-    assert names[:2] == ["accuracy", "hard_ce"] and "soft_loss" not in names
-    term = METHODS[method](params).term
-    soft = lambda targets, outputs: term(labels, targets[:, 1:6], outputs[:, :5])  # noqa: E731
-    if method == "fitnet":  # [logits | hint] outputs against [label | logits | features] targets
-        rng = np.random.default_rng(1)
-        t_feat, s_proj = rng.normal(size=(16, 7)), rng.normal(size=(16, 7))
-        targets = tf.constant(pack_targets(labels, teacher, t_feat))
-        outputs = tf.constant(np.concatenate([student, s_proj], 1), tf.float32)
-        hint = ((s_proj - t_feat) ** 2).mean(1)
-        assert names[2] == "hint_loss"
-        np.testing.assert_allclose(metrics[2](targets, outputs), hint, rtol=1e-5)
-        np.testing.assert_allclose(soft(targets, outputs), np_kd_loss(labels, teacher, student, 0.0, 4.0), rtol=1e-4)
-    else:
-        targets, outputs = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
-        hint = 0.0
-    logits = outputs[:, :5]
-    want = 0.3 * hard_ce(targets, logits) + 0.7 * soft(targets, outputs) + hint
-    np.testing.assert_allclose(loss(targets, outputs), want, rtol=1e-5)
-    np.testing.assert_allclose(metrics[0](targets, outputs), accuracy(targets, logits))
-    # The epoch's soft_loss / val_soft_loss follow from the means Keras tracks.
-    *warmups, soft_logger = callbacks
-    assert len(warmups) == (method == "dkd")  # only DKD publishes a warm-up
-    means = {"loss": np.mean(loss(targets, outputs)), "hard_ce": np.mean(hard_ce(targets, logits)),
-             **({"hint_loss": np.mean(hint)} if method == "fitnet" else {})}
-    logs = {**means, **{f"val_{k}": v for k, v in means.items()}}
-    soft_logger.on_epoch_end(0, logs)
-    for key in ("soft_loss", "val_soft_loss"):
-        np.testing.assert_allclose(logs[key], np.mean(soft(targets, outputs)), rtol=1e-4)
-
-
-def test_soft_loss_is_a_metric_when_the_loss_has_no_soft_term(batch):
-    labels, teacher, student = batch
-    loss, metrics, callbacks = distillation_loss(validate(minimal_params(alpha=1.0)), 5)
-    assert [m.__name__ for m in metrics] == ["accuracy", "hard_ce", "soft_loss"] and not callbacks
-    targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
-    np.testing.assert_allclose(metrics[2](targets, logits), np_kd_loss(labels, teacher, student, 0.0, 4.0), rtol=1e-4)
+    rng = np.random.default_rng(1)
+    features, projected = (rng.normal(size=(16, 7)), rng.normal(size=(16, 7))) if method == "fitnet" else (None, None)
+    model = model_for(params, hint_width=7 if method == "fitnet" else 0)
+    y_pred = tf.constant(student, tf.float32)
+    if method == "fitnet":  # outputs [logits, projected hint]
+        y_pred = [y_pred, tf.constant(projected, tf.float32)]
+    loss = model.compute_loss(y=targets_for(labels, teacher, features), y_pred=y_pred)
+    term = METHODS[method](params).term(tf.constant(labels), tf.constant(teacher, tf.float32),
+                                        tf.constant(student, tf.float32)).numpy()
+    hint = ((projected - features) ** 2).mean(1) if method == "fitnet" else 0.0
+    np.testing.assert_allclose(float(loss), np.mean(0.3 * hard_ce(labels, student) + 0.7 * term + hint), rtol=1e-5)
+    terms = logged(model)
+    np.testing.assert_allclose(terms["soft_loss"], np.mean(term), rtol=1e-5)
+    assert ("hint_loss" in terms) == (method == "fitnet")
+    if method == "fitnet":
+        np.testing.assert_allclose(terms["hint_loss"], np.mean(hint), rtol=1e-5)
 
 
 def test_dkd_warmup_ramps_the_soft_term(batch):
     labels, teacher, student = batch
     params = validate(minimal_params(alpha=0.0, distill={"method": "dkd"}, dkd={"warmup_epochs": 4}))
-    loss, _, (warmup, _) = distillation_loss(params, 5)
-    targets, logits = tf.constant(pack_targets(labels, teacher)), tf.constant(student, tf.float32)
-    full = METHODS["dkd"](params).term(labels, targets[:, 1:6], logits).numpy()
+    model = model_for(params)
+    (warmup,) = model.objective.callbacks()
+    full = METHODS["dkd"](params).term(tf.constant(labels), tf.constant(teacher, tf.float32),
+                                       tf.constant(student, tf.float32)).numpy().mean()
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)]:
         warmup.on_epoch_begin(epoch)
-        np.testing.assert_allclose(loss(targets, logits), factor * full, rtol=1e-5)
+        loss = model.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32))
+        np.testing.assert_allclose(float(loss), factor * full, rtol=1e-5)
+
+
+def test_a_weight_regulariser_enters_the_loss_but_not_the_logged_terms(batch):
+    labels, teacher, student = batch
+    params = validate(minimal_params(alpha=0.5))
+    plain, regularised = model_for(params), model_for(params, regularizer=keras.regularizers.L2(0.5))
+    regularised.set_weights(plain.get_weights())
+    regularised(tf.zeros((1, 3)))  # the regularisation losses are collected by a call
+    losses = [float(m.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32)))
+              for m in (plain, regularised)]
+    penalty = 0.5 * float(np.sum(np.square(regularised.get_layer("hidden").kernel.numpy())))
+    np.testing.assert_allclose(losses[1] - losses[0], penalty, rtol=1e-4)
+    assert logged(plain) == logged(regularised)

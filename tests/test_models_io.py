@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from kdflow.errors import KdflowError
-from kdflow.io import atomic_path, load_model, save_model
+from kdflow.artifacts import load_model, save_model
+from kdflow.io import atomic_path
 from kdflow.models import build_model
 from kdflow.params import ArchSpec, ModelParams
 

@@ -6,12 +6,8 @@ import yaml
 
 from conftest import ROOT, minimal_params
 from kdflow.errors import KdflowError
-from kdflow.params import PRESETS, load_params, validate
-
-
-def test_committed_params_yaml_is_valid():
-    params = load_params(ROOT / "params.yaml")
-    assert 0 <= params.alpha <= 1 and params.temperature > 0
+from kdflow.architectures import PRESETS
+from kdflow.params import Params, load_params, validate
 
 
 def test_valid_minimal_params_and_defaults():
@@ -34,6 +30,14 @@ def test_valid_minimal_params_and_defaults():
         ({"train_student": {"epochs": 0}}, "train_student.epochs = 0: Input should be greater than or equal to 1"),
         ({"train_student": {"epoch": 3}}, "train_student.epoch: unknown key"),
         ({"data": {"val_fraction": 0.45, "test_fraction": 0.45}}, "data: val_fraction + test_fraction = 0.9"),
+        ({"repeats": 0}, "repeats = 0: Input should be greater than or equal to 1"),
+        ({"train_student": {"batch_size": 2.5}}, "train_student.batch_size = 2.5: Input should be a valid integer"),
+        ({"train_teacher": {"lr_floor": 2}}, "train_teacher.lr_floor = 2: Input should be less than or equal to 1"),
+        ({"dkd": {"beta": -1}}, "dkd.beta = -1: Input should be greater than or equal to 0"),
+        ({"dist": {"gamma": "high"}}, "dist.gamma = 'high': Input should be a valid number"),
+        ({"distill": {"method": "crd"}}, "distill.method = 'crd': Input should be 'kd'"),
+        ({"teacher": {"source": "url"}}, "teacher.source = 'url': Input should be 'train' or 'file'"),
+        ({"train_student": {"augment": {"shift": 0.1}}}, "train_student.augment: not supported"),
     ],
 )
 def test_bad_params_give_one_line_naming_the_key(overrides, expected):
@@ -44,11 +48,13 @@ def test_bad_params_give_one_line_naming_the_key(overrides, expected):
     assert "\n" not in message
 
 
-def test_missing_section_and_bad_files(tmp_path):
+def test_a_missing_key_means_its_default_and_bad_files_are_one_line(tmp_path):
     raw = minimal_params()
     del raw["student"]
-    with pytest.raises(KdflowError, match="student: required key is missing"):
-        validate(raw)
+    del raw["train_teacher"]["epochs"]
+    params = validate(raw)
+    assert params.student == Params().student
+    assert params.train_teacher.epochs == Params().train_teacher.epochs == 15  # the teacher's own default
     with pytest.raises(KdflowError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
     broken = tmp_path / "params.yaml"

@@ -8,7 +8,8 @@ import pytest
 from dvc.utils.hydra import apply_overrides
 
 from conftest import ROOT
-from kdflow.params import PRESETS, load_params
+from kdflow.architectures import PRESETS
+from kdflow.params import load_params
 
 
 def apply(tmp_path, name):

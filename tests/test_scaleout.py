@@ -3,7 +3,6 @@ Real stages, real `dvc` CLI, real TensorFlow (tiny settings)."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,18 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, minimal_params, run_stage
-from test_pipeline_dvc import make_repo, sh, stages_run
+from conftest import ROOT, copy_repo, minimal_params, run_stage, sh, stages_run
 
-
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory):
-    """A git + DVC project after a full `dvc repro`, committed."""
-    repo = make_repo(tmp_path_factory.mktemp("scaleout"))
-    sh(["dvc", "repro"], repo)
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "repro"], repo)
-    return repo
+pytestmark = pytest.mark.e2e
 
 
 def set_params(repo, section, **values):
@@ -39,8 +29,7 @@ def distill_outputs(repo):
 
 
 def test_killed_stage_resumes_at_its_last_epoch_and_ends_with_the_same_weights(pipeline_repo, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(pipeline_repo, repo)
+    repo = copy_repo(pipeline_repo, tmp_path)
     # Long enough to be killed mid-run; patience > epochs keeps early stopping's state in play
     # (best weights restored at the end) without stopping.
     set_params(repo, "train_student", epochs=8, batch_size=16, patience=20)
@@ -75,8 +64,9 @@ DISTRIBUTED_FIT = ROOT / "tests/distributed_fit.py"
 
 
 def distributed_fit(strategy):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     result = subprocess.run([sys.executable, str(DISTRIBUTED_FIT), strategy], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
@@ -118,8 +108,7 @@ def test_mirrored_stage_and_unavailable_multi_worker(tmp_path):
 
 
 def test_push_to_a_remote_then_a_fresh_clone_pulls_and_reruns_nothing(pipeline_repo, tmp_path):
-    repo = tmp_path / "origin"
-    shutil.copytree(pipeline_repo, repo)
+    repo = copy_repo(pipeline_repo, tmp_path)
     storage = tmp_path / "storage"
     sh(["dvc", "remote", "add", "-d", "shared", str(storage)], repo)
     sh(["git", "commit", "-qam", "add a DVC remote"], repo)

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import make_prepared, minimal_params
 from kdflow import recipes
 from kdflow.errors import KdflowError
-from kdflow.losses import kd_term, pack_targets
+from kdflow.losses import kd_term
+from kdflow.objective import LABELS, TrainingModel
 from kdflow.params import TrainParams, validate
 from kdflow.training import fit
 
@@ -29,10 +29,9 @@ def test_students_are_paired_and_training_is_reproducible():
     assert summary_a == summary_b
     # The distilled student trained on another loss, so its weights differ...
     assert any(not np.array_equal(a, d) for a, d in zip(scratch_a.get_weights(), distilled.get_weights()))
-    # ...and it logs its soft-target term.
+    # ...and it logs its soft-target term, the one in its loss: on the validation split of the
+    # kept weights it equals the term computed directly.
     assert "soft_loss" in summary_d and "val_soft_loss" in summary_d and "soft_loss" not in summary_a
-    # It is derived from the tracked loss and hard_ce (no second pass over the soft term):
-    # it must equal the term computed directly on the validation split.
     x_val, y_val = data.xy("val")
     direct = kd_term(params.temperature)(y_val, logits["val"], distilled.predict(x_val, verbose=0))
     np.testing.assert_allclose(summary_d["val_soft_loss"], float(np.mean(direct)), rtol=1e-4)
@@ -54,21 +53,30 @@ def test_paired_students_start_from_the_same_weights():
     assert not np.allclose(scratch[0][0], scratch[1][0])
 
 
-def test_a_later_repeat_equals_a_fresh_run_of_its_seed():
+def saved_state(checkpoint) -> list:
+    """The arrays of a training checkpoint: the model's variables, then the optimizer's."""
+    with np.load(checkpoint) as npz:
+        return [npz[f"a{i}"] for i in range(len(npz.files) - 1)]
+
+
+def test_a_later_repeat_equals_a_fresh_run_of_its_seed(tmp_path):
     """Repeats reuse one compiled model (traced once per stage); repeat 1 must still be exactly
-    what a fresh stage with seed + 1 trains: weights, optimizer state and summary, bit for bit."""
+    what a fresh stage with seed + 1 trains: weights, optimizer state and summary, bit for bit
+    (the full state is what each repeat's checkpoint holds)."""
     base = minimal_params(repeats=2)
     data = make_prepared()
     logits = {s: np.random.default_rng(1).normal(size=(len(data.xy(s)[1]), 3)).astype("float32")
               for s in ("train", "val")}
     for cache in (None, logits):
-        runs = [(m.get_weights(), [v.numpy() for v in m.optimizer.variables], summary)
-                for m, summary in recipes.train_students(validate(base), data, cache)]
-        fresh = only(recipes.train_students(validate({**base, "repeats": 1, "seed": base["seed"] + 1}), data, cache))
-        weights, optimizer_state, summary = runs[1]
+        two, one = tmp_path / f"two_{cache is None}", tmp_path / f"one_{cache is None}"
+        runs = [(m.get_weights(), summary) for m, summary in recipes.train_students(validate(base), data, cache,
+                                                                                      run_dir=two)]
+        fresh = only(recipes.train_students(validate({**base, "repeats": 1, "seed": base["seed"] + 1}), data, cache,
+                                            run_dir=one))
+        weights, summary = runs[1]
         for a, b in zip(weights, fresh[0].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
-        for a, b in zip(optimizer_state, [v.numpy() for v in fresh[0].optimizer.variables], strict=True):
+        for a, b in zip(saved_state(two / "repeat_1.npz"), saved_state(one / "repeat_0.npz"), strict=True):
             np.testing.assert_array_equal(a, b)
         assert summary == fresh[1]
         assert not np.array_equal(runs[0][0][0], weights[0])  # and the two repeats did differ
@@ -92,19 +100,21 @@ def test_divergence_stops_with_a_clear_error():
     from kdflow.models import build_model
     from kdflow.params import ModelParams
 
-    model = build_model(ModelParams(arch="repo_student"), data.input_shape, 3, name="m")
+    network = build_model(ModelParams(arch="repo_student"), data.input_shape, 3, name="m")
 
-    def exploding(targets, logits):
-        return tf.reduce_mean(logits) * np.float32("nan")
+    class Exploding(TrainingModel):
+        def compute_loss(self, *args, **kwargs):
+            return super().compute_loss(*args, **kwargs) * np.float32("nan")
 
+    model = Exploding(network.inputs, network.outputs)
     with pytest.raises(KdflowError, match=r"train_student.learning_rate=0.001: training diverged"):
-        fit(model, (x, pack_targets(y)), (x, pack_targets(y)), TrainParams(epochs=3, learning_rate=1e-3),
-            loss=exploding, seed=0, config_key="train_student")
+        fit(model, (x, {LABELS: y}), (x, {LABELS: y}), TrainParams(epochs=3, learning_rate=1e-3),
+            seed=0, config_key="train_student")
 
 
 def test_fitnet_trains_through_a_projection_and_ships_the_plain_student(in_tmp):
     from kdflow import soft_targets
-    from kdflow.io import load_model, save_model
+    from kdflow.artifacts import load_model, save_model
 
     params = validate(minimal_params(repeats=1, distill={"method": "fitnet"},
                                      fitnet={"teacher_layer": "dense0", "student_layer": "dense0"}))
@@ -137,7 +147,7 @@ def test_training_images_are_copied_to_tensorflow_once_per_array():
 
     rng = np.random.default_rng(0)
     x = rng.random((40, 4, 4, 1), dtype=np.float32)
-    targets = pack_targets(rng.integers(0, 3, 40))
+    targets = {LABELS: rng.integers(0, 3, 40)}
 
     def batches(images):
         return [b[0].numpy() for b in make_dataset(images, targets, batch_size=16, seed=1, epochs=range(2))]
