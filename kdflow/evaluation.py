@@ -20,9 +20,8 @@ def _r(value: float) -> float:
 
 
 # Batch size for inference: soft targets, evaluation and the validation passes of training.
-# Peak memory with the ResNet-20 teacher on 2 CPU cores (teacher.predict over the 3,500 training
-# digits): 1,131 MiB at 512, 906 at 256, 858 at 128, 823 at 64, from 726 MiB before it. The
-# evaluate stage went from 1,883 to 1,156 MiB when 512 became 128.
+# A ResNet-20 batch's activations dominate the peak: over the 3,500 training digits on 2 CPU
+# cores, teacher.predict peaked 1,131 MiB at 512, 906 at 256, 858 at 128, 823 at 64.
 INFERENCE_BATCH_SIZE = 128
 
 

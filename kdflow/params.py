@@ -77,7 +77,7 @@ class ModelParams(_Section):
 
 
 class TeacherParams(ModelParams):
-    # ResNet-20 (274k params on the digits, 13x the default student).
+    # ResNet-20 (273k params on the digits, 13x the default student).
     arch: Literal[ARCHS] = "resnet20"  # type: ignore[valid-type]
     # train: build from arch and train it; file: use the .keras model at `path` as the teacher.
     source: Literal["train", "file"] = "train"

@@ -99,7 +99,7 @@ def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tm
         tracemalloc.stop()
     assert peak < 0.3 * raw.x.nbytes, peak  # a gathered train split alone would be 0.7 of it
 
-    # The same file and hash as the arrays gathered whole (the way prepare used to write them).
+    # The same file and hash as the arrays gathered whole.
     parts = split(raw, cfg, seed=0)
     arrays = {f"{axis}_{name}": part[i] for name, part in parts.items() for i, axis in enumerate("xy")}
     save_npz(in_tmp / "whole.npz", **arrays)
