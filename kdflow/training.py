@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from kdflow.errors import KdflowError
 from kdflow.evaluation import INFERENCE_BATCH_SIZE
-from kdflow.objective import TrainingModel
+from kdflow.objective import LABELS, TrainingModel
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
 from kdflow.tracking import LearningRateLogger
@@ -58,7 +58,7 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
 
 
 def _as_target(key: str, value: np.ndarray) -> np.ndarray:
-    return np.asarray(value, dtype=np.int32 if key == "labels" else np.float32)
+    return np.asarray(value, dtype=np.int32 if key == LABELS else np.float32)
 
 
 _images_tensor: tuple[np.ndarray, tf.Variable | tf.Tensor] | None = None  # (array, its TF copy)

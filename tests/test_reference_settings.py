@@ -1,6 +1,7 @@
 """The two reference workflows' settings ship as DVC override lists (configs/*.txt), usable as
 `dvc exp run $(sed 's/^/-S /' configs/<file>.txt)`. They need network for their datasets, so
-here we check they apply (with DVC's own override parser) and validate to what REFERENCE.md says."""
+here we check they apply (with DVC's own override parser) and validate to the settings the two
+workflows used (docs/methods.md)."""
 
 import shutil
 
