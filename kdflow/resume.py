@@ -144,7 +144,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def _save(self, epoch: int, finished: bool) -> None:
         if self.path is None or getattr(self.model, "diverged", False):
             return
-        arrays = [np.asarray(keras.ops.convert_to_numpy(v)) for v in self._state_variables(self.model)]
+        arrays = [np.asarray(v.numpy()) for v in self._state_variables(self.model)]
         es = self.early_stopping
         es_state = None
         if es is not None:
