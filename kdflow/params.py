@@ -27,10 +27,7 @@ DATASETS = ("mnist5k", *KERAS_DATASETS, *FILE_SOURCES)
 INPUTS_DIR = "inputs"
 
 
-_Section = StrictSection
-
-
-class DataParams(_Section):
+class DataParams(StrictSection):
     name: Literal[DATASETS] = "mnist5k"  # type: ignore[valid-type]
     path: str = INPUTS_DIR  # the .npz file (name: npz) or the image folder (name: image_dir)
     image_size: list[int] = Field(default_factory=lambda: [32, 32])  # image_dir: [height, width]
@@ -53,9 +50,7 @@ class DataParams(_Section):
         return self
 
 
-
-
-class ModelParams(_Section):
+class ModelParams(StrictSection):
     arch: Literal[ARCHS] = "notebook_student"  # type: ignore[valid-type]
     spec: Optional[ArchSpec] = None      # when arch: spec
     resnet: Optional[ResNetSpec] = None  # when arch: resnet
@@ -93,7 +88,7 @@ class TeacherParams(ModelParams):
         return self
 
 
-class AugmentParams(_Section):
+class AugmentParams(StrictSection):
     """Random training-time augmentation (Keras preprocessing layers, active only in training)."""
 
     shift: float = Field(0.0, ge=0, lt=0.5)  # random translation, fraction of height/width
@@ -109,7 +104,7 @@ class TeacherAugmentParams(AugmentParams):
     shift: float = Field(0.1, ge=0, lt=0.5)  # shifted digits make a stronger teacher
 
 
-class TrainParams(_Section):
+class TrainParams(StrictSection):
     """How a model trains (Adam, cosine decay, early stopping). The defaults are the students'."""
 
     epochs: int = Field(30, ge=1)
@@ -134,7 +129,7 @@ METHODS = ("kd", "dkd", "lskd", "dist", "mse", "fitnet")
 FEATURE_METHODS = ("fitnet",)
 
 
-class DistillParams(_Section):
+class DistillParams(StrictSection):
     method: Literal[METHODS] = "kd"  # type: ignore[valid-type]
 
     @property
@@ -142,7 +137,7 @@ class DistillParams(_Section):
         return self.method in FEATURE_METHODS
 
 
-class DkdParams(_Section):
+class DkdParams(StrictSection):
     """Decoupled KD (Zhao et al. 2022): weights of the target / non-target class terms."""
 
     alpha: float = Field(1.0, ge=0)
@@ -151,14 +146,14 @@ class DkdParams(_Section):
     warmup_epochs: int = Field(5, ge=0)
 
 
-class DistParams(_Section):
+class DistParams(StrictSection):
     """DIST (Huang et al. 2022): weights of the inter-class and intra-class relation terms."""
 
     beta: float = Field(1.0, ge=0)
     gamma: float = Field(1.0, ge=0)
 
 
-class FitnetParams(_Section):
+class FitnetParams(StrictSection):
     """FitNets hint (Romero et al. 2015), used when distill.method = fitnet: the student layer's
     output goes through a learned linear projection and is regressed (MSE) onto the teacher
     layer's output; the term is added to the KD loss."""
@@ -168,12 +163,12 @@ class FitnetParams(_Section):
     weight: float = Field(1.0, ge=0)
 
 
-class ExportParams(_Section):
+class ExportParams(StrictSection):
     # Training images that calibrate the int8 quantization ranges (drawn with the seed).
     calibration_samples: int = Field(200, ge=1, le=100_000)
 
 
-class RuntimeParams(_Section):
+class RuntimeParams(StrictSection):
     """Where training runs (not what it learns): TensorFlow's distribution strategy, used by
     every training stage. Each global batch (train_*.batch_size) is split across the replicas."""
 
@@ -183,7 +178,7 @@ class RuntimeParams(_Section):
     cpu_replicas: int = Field(1, ge=1, le=64)
 
 
-class Params(_Section):
+class Params(StrictSection):
     seed: int = Field(42, ge=0, lt=2**31)
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
     repeats: int = Field(5, ge=1, le=100)
