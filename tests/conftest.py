@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.run import copy_project
+from benchmarks.run import copy_project, stages_run
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -90,10 +90,6 @@ def sh(args, cwd, check=True, env=None):
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([a-z_]+)'", output))
 
 
 def stages_skipped(output: str) -> set[str]:
