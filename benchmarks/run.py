@@ -11,9 +11,10 @@ Ratios are taken side by side in one run, so they hold on a noisy machine; every
 reported as min / median / max over ``--runs`` runs. Measured:
 
 - training speed (in this process, same student, data, batches and epochs, in interleaved
-  rounds, see ``training_speed``): our `distill`
-  (cached soft targets; a default teacher and a >= 10x larger ResNet teacher) and our
-  `train_scratch` loop against a plain ``model.fit``, plus the online-teacher alternative
+  rounds, see ``training_speed``): our `distill` against our `train_scratch` on the same
+  augmented views (the pipeline's students), and on the images as they are (cached soft
+  targets of a default teacher and of a >= 10x larger ResNet teacher), our loop against a plain
+  ``model.fit``, plus the online-teacher alternative
   (Keras' own ``keras.distillation.Distiller``, which runs the teacher every step);
 - the pipeline (in a temporary git copy of this project): full ``dvc repro`` vs
   ``dvc exp run -S alpha=...``, and a 3 x 3 alpha x temperature grid through the queue;
@@ -40,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TARGETS = {
+    # The students of the pipeline train on the augmented views (kdflow.views): the distilled
+    # student reads the cached teacher output of the view it sees, the scratch student only labels.
+    "distill_views_epoch_vs_scratch_views": 1.05,
     "distill_epoch_vs_scratch": 1.05,
     "distill_large_teacher_epoch_vs_scratch": 1.05,
     "exp_run_alpha_vs_full_repro": 0.40,
@@ -54,7 +58,8 @@ TARGETS = {
 }
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "kdflow", "stages", "inputs", ".dvc/config", ".dvcignore", ".gitignore"]
 SPEED_VARIANTS = ("plain_fit", "scratch_xla", "scratch_nondeterministic", "scratch_control", "scratch",
-                  "distill_cached_default_teacher", "distill_cached_large_teacher")
+                  "distill_cached_default_teacher", "distill_cached_large_teacher", "scratch_views",
+                  "distill_views_default_teacher")
 
 
 def spread(values: list[float]) -> dict:
@@ -100,7 +105,9 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
     drifted by up to 60% between runs a minute apart, more than the differences measured."""
     import keras
 
-    from kdflow import objective, repro
+    import numpy as np
+
+    from kdflow import objective, repro, views
     from kdflow.data import split
     from kdflow.models import build_model
     from kdflow.objective import LABELS, TEACHER_LOGITS, training_model
@@ -135,8 +142,13 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
         logits[name] = (teacher, teacher.predict(x, batch_size=512, verbose=0),
                         teacher.predict(x_val, batch_size=512, verbose=0))
     result["params"]["student"] = int(student().count_params())
+    # The committed views of the training images; the per-view logits are the single-view ones
+    # repeated (timing only: any logits cost the same to read).
+    train_views = views.for_training(committed.seed, len(x), committed.views, shape)
+    view_logits = np.repeat(logits["default"][1][:, None], train_views.count, axis=1)
 
-    def ours(targets, val_targets, goal=objective.HARD_LABELS, jit_compile=False, deterministic=True):
+    def ours(targets, val_targets, goal=objective.HARD_LABELS, jit_compile=False, deterministic=True,
+             on_views=False):
         import tensorflow as tf
         # Not exported by TF 2.21's public API (only enable_op_determinism is); Keras itself
         # reads this module's is_op_determinism_enabled to decide whether XLA may run.
@@ -150,7 +162,7 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
                 tf_config.disable_op_determinism()
             # The same model and setup every round: fit keeps its compiled step (no retrace).
             fit(model, (x, targets), (x_val, val_targets), cfg, seed, [*goal.callbacks(), timer],
-                jit_compile=jit_compile)
+                jit_compile=jit_compile, views=train_views if on_views else None)
             tf.config.experimental.enable_op_determinism()
             return timer.times
         return train_round
@@ -182,6 +194,10 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
         variants[f"distill_cached_{name}_teacher"] = ours(
             {**labels, TEACHER_LOGITS: logits[name][1]}, {**val_labels, TEACHER_LOGITS: logits[name][2]},
             objective.distillation(params))
+    variants["scratch_views"] = ours(labels, val_labels, on_views=True)
+    variants["distill_views_default_teacher"] = ours(
+        {**labels, TEACHER_LOGITS: view_logits}, {**val_labels, TEACHER_LOGITS: logits["default"][2]},
+        objective.distillation(params), on_views=True)
     assert tuple(variants) == SPEED_VARIANTS
     for train_round in variants.values():
         train_round()  # tracing and warm-up, not timed
@@ -334,7 +350,7 @@ def queue_grid(repo: Path, run: int) -> dict:
     sh(["dvc", "queue", "remove", "--all"], repo)
     return {"seconds": round(seconds, 2), "experiments": len(names), "stages_run": sorted({s for r in ran for s in r}),
             "teacher_soft_targets_or_scratch_runs": sum(
-                len(r & {"train_teacher", "soft_targets", "train_scratch"}) for r in ran)}
+                len(r & {"train_teacher", "soft_targets", "train_scratch", "train_plain"}) for r in ran)}
 
 
 def pipeline(runs: int, overrides: dict, grid: bool, measured_stages: tuple[str, ...]) -> dict:
@@ -467,6 +483,8 @@ def speed_ratios(speed_runs: list[dict]) -> dict:
         return spread([paired_ratio(r, a, b) for r in speed_runs])
 
     return {
+        "distill_views_epoch_vs_scratch_views": ratio("distill_views_default_teacher", "scratch_views"),
+        "views_vs_no_views_scratch_time": ratio("scratch_views", "scratch"),
         "distill_epoch_vs_scratch": ratio("distill_cached_default_teacher", "scratch"),
         "distill_large_teacher_epoch_vs_scratch": ratio("distill_cached_large_teacher", "scratch"),
         "online_default_teacher_epoch_vs_scratch": ratio("online_default_teacher", "scratch"),

@@ -1,4 +1,6 @@
-"""The `evaluate` stage's work: teacher vs distilled vs scratch students on the test split.
+"""The `evaluate` stage's work: the teacher and the three kinds of students on the test split,
+and the three paired comparisons between the students: distillation beyond augmentation
+(``kd_gain``, the headline), augmentation alone (``augment_gain``), both (``combined_gain``).
 
 Returns three things kept apart on purpose: ``metrics`` (reproducible bit for bit, goes to
 metrics/evaluate.json), ``latency`` (wall-clock, varies run to run: timings/, never a DVC
@@ -19,7 +21,13 @@ from kdflow.evaluation import (
     evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats,
 )
 
-ROLES = ("teacher", "student_distilled", "student_scratch")
+ROLES = ("teacher", "student_distilled", "student_scratch", "student_plain")
+# name -> (better, baseline): each a paired comparison over the repeats' seeds
+GAINS = {
+    "kd_gain": ("student_distilled", "student_scratch"),       # what the teacher adds on the same views
+    "augment_gain": ("student_scratch", "student_plain"),      # what the views alone add
+    "combined_gain": ("student_distilled", "student_plain"),   # both together
+}
 
 
 @dataclass
@@ -58,10 +66,10 @@ def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: boo
         metrics[role]["params"] = int(models[role].count_params())
         metrics[role]["size_bytes"] = files[role].stat().st_size
 
-    gain = paired_gain(accuracies["student_distilled"], accuracies["student_scratch"])
-    metrics["kd_gain"] = gain
-    metrics["gap_closed"] = gap_closed(gain["mean"], metrics["teacher"]["accuracy"],
-                                       metrics["student_scratch"]["accuracy_mean"])
+    for name, (better, baseline) in GAINS.items():
+        metrics[name] = paired_gain(accuracies[better], accuracies[baseline])
+    metrics["gap_closed"] = gap_closed(metrics["kd_gain"]["mean"], metrics["teacher"]["accuracy"],
+                                       accuracies["student_scratch"])
     student = metrics["student_distilled"]
     metrics["compression"] = {
         "param_ratio": _ratio(metrics["teacher"]["params"], student["params"]),

@@ -129,7 +129,16 @@ def paired_gain(distilled: list[float], scratch: list[float]) -> dict:
     return {"mean": _r(mean), "std": _r(std), "ci95_low": low, "ci95_high": high, "pairs": n}
 
 
-def gap_closed(mean_gain: float, teacher_accuracy: float, scratch_mean: float) -> float | None:
-    """Share of the teacher - scratch accuracy gap that distillation closed (null if no gap)."""
-    gap = teacher_accuracy - scratch_mean
-    return _r(mean_gain / gap) if gap > 0 else None
+def gap_closed(mean_gain: float, teacher_accuracy: float, scratch_accuracies: list[float]) -> float | None:
+    """Share of the teacher - scratch accuracy gap that distillation closed. Null when that gap
+    is within the noise: not larger than twice the scratch students' standard deviation (a
+    ratio to a gap of noise is meaningless: a 0.3-point gap once read as -93%)."""
+    return _r(mean_gain / gap) if (gap := gap_size(teacher_accuracy, scratch_accuracies)) is not None else None
+
+
+def gap_size(teacher_accuracy: float, scratch_accuracies: list[float]) -> float | None:
+    """teacher - mean scratch accuracy, or None when it is not clearly above the scratch spread."""
+    scratch = np.asarray(scratch_accuracies, dtype=np.float64)
+    gap = teacher_accuracy - scratch.mean()
+    noise = 2 * scratch.std(ddof=1) if len(scratch) > 1 else 0.0
+    return float(gap) if gap > noise else None

@@ -19,9 +19,14 @@ from kdflow.params import Params
 SoftTerm = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
-def hard_ce(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Cross-entropy with the hard labels (class ids), per sample."""
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+def hard_ce(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """Cross-entropy with the hard labels (class ids), per sample; with ``label_smoothing`` s,
+    against (1 - s) * one_hot + s / classes."""
+    if not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    classes = tf.shape(logits)[-1]
+    smoothed = tf.one_hot(labels, classes) * (1.0 - label_smoothing) + label_smoothing / tf.cast(classes, tf.float32)
+    return tf.nn.softmax_cross_entropy_with_logits(labels=smoothed, logits=logits)
 
 
 # ---- soft terms: one function per published method --------------------------------------

@@ -30,6 +30,7 @@ class Objective:
     method: Method | None = None
     # The soft term's weight, ramped up by `Warmup` for methods that publish a warm-up.
     soft_weight: tf.Variable | None = None
+    label_smoothing: float = 0.0  # of the hard-label term (the teacher's train_teacher.label_smoothing)
 
     @property
     def distills(self) -> bool:
@@ -52,7 +53,7 @@ def distillation(params: Params) -> Objective:
     weight = None
     if method.warmup_epochs:
         weight = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="soft_term_weight")
-    return Objective(params.alpha, method, weight)
+    return Objective(params.alpha, method, soft_weight=weight)
 
 
 class Warmup(keras.callbacks.Callback):
@@ -86,7 +87,7 @@ class TrainingModel(keras.Model):
         objective = self.objective
         logits, hint = y_pred if objective.hint_weight else (y_pred, None)
         labels = y[LABELS]
-        hard = hard_ce(labels, logits)
+        hard = hard_ce(labels, logits, objective.label_smoothing)
         self.hard_ce_tracker.update_state(hard)
         per_sample = hard
         if objective.distills:

@@ -89,9 +89,11 @@ class TeacherParams(ModelParams):
 
 
 class AugmentParams(StrictSection):
-    """Random training-time augmentation (Keras preprocessing layers, active only in training)."""
+    """The teacher's random training-time augmentation (Keras preprocessing layers, active
+    only in training)."""
 
-    shift: float = Field(0.0, ge=0, lt=0.5)  # random translation, fraction of height/width
+    # random translation, fraction of height/width: shifted digits make a stronger teacher
+    shift: float = Field(0.1, ge=0, lt=0.5)
     flip: bool = False                        # random horizontal flip (not for digits!)
     crop: int = Field(0, ge=0)                # pad by `crop` pixels, then random crop back (= random shift of up to `crop` whole pixels)
 
@@ -100,8 +102,25 @@ class AugmentParams(StrictSection):
         return self.shift > 0 or self.flip or self.crop > 0
 
 
-class TeacherAugmentParams(AugmentParams):
-    shift: float = Field(0.1, ge=0, lt=0.5)  # shifted digits make a stronger teacher
+class ViewsParams(StrictSection):
+    """The augmented views both students train on (kdflow.views): for every training image,
+    ``count`` views drawn once from the seed, each a random shift of up to ``shift`` whole
+    pixels (zero fill) and, with ``flip``, a random horizontal flip. soft_targets caches the
+    teacher's outputs for every view; in each epoch a student sees one view of each image."""
+
+    count: int = Field(8, ge=0, le=256)  # views per training image; 0 = the images as they are
+    shift: int = Field(2, ge=0)          # largest shift, whole pixels along each axis
+    flip: bool = False                   # random horizontal flip (not for digits!)
+    # Cache only the teacher's top_k logits per view plus the remaining probability mass, shared
+    # evenly by the other classes (FKD's marginal smoothing): for many classes. 0 = every class.
+    top_k: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _views_differ(self) -> "ViewsParams":
+        if self.count > 0 and self.shift == 0 and not self.flip:
+            raise ValueError(f"count = {self.count} with shift 0 and no flip: every view would be the image "
+                             "itself; set views.shift or views.flip, or views.count: 0")
+        return self
 
 
 class TrainParams(StrictSection):
@@ -115,13 +134,15 @@ class TrainParams(StrictSection):
     amsgrad: bool = True
     # Epochs without val-loss improvement before stopping (best weights restored); null = off.
     patience: Optional[int] = Field(5, ge=1)
-    augment: AugmentParams = AugmentParams()
 
 
 class TeacherTrainParams(TrainParams):
     epochs: int = Field(15, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=10)
-    augment: TeacherAugmentParams = TeacherAugmentParams()
+    # Label smoothing of the teacher's targets (Szegedy et al. 2016); it softens the teacher's
+    # outputs, and with them the students' soft targets. Students always train on plain labels.
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentParams = AugmentParams()
 
 
 METHODS = ("kd", "dkd", "lskd", "dist", "mse", "fitnet")
@@ -190,6 +211,7 @@ class Params(StrictSection):
     student: ModelParams = ModelParams()
     train_teacher: TeacherTrainParams = TeacherTrainParams()
     train_student: TrainParams = TrainParams()
+    views: ViewsParams = ViewsParams()
     distill: DistillParams = DistillParams()
     dkd: DkdParams = DkdParams()
     dist: DistParams = DistParams()
@@ -197,14 +219,13 @@ class Params(StrictSection):
     export: ExportParams = ExportParams()
     runtime: RuntimeParams = RuntimeParams()
 
-    @model_validator(mode="after")
-    def _no_student_augmentation(self) -> "Params":
-        # The students learn from the teacher's cached logits of the *un-augmented* images;
-        # augmenting the student's view would pair it with targets of another image.
-        if self.train_student.augment.enabled:
-            raise ValueError("train_student.augment: not supported: the cached soft targets are of the "
-                             "un-augmented images (augment the teacher with train_teacher.augment)")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _student_augmentation_is_views(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("train_student"), dict) and "augment" in raw["train_student"]:
+            raise ValueError("train_student.augment: not a key: the students' augmentation is the `views` "
+                             "section, whose views the teacher's outputs are cached for (docs/params.md)")
+        return raw
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -23,7 +23,8 @@ TIMINGS_DIR = Path("timings")    # wall-clock latency measured by export and eva
 LOGS_DIR = Path("logs")          # tracebacks of unexpected errors
 
 # role -> the stage that writes it (named in "run `dvc repro <stage>`" messages)
-MODEL_ROLES = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch"}
+MODEL_ROLES = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch",
+               "student_plain": "train_plain"}
 
 
 def metrics_file(stage: str) -> Path:

@@ -1,8 +1,12 @@
-"""What each training stage trains: the teacher, the scratch students, the distilled students.
+"""What each training stage trains: the teacher and the three kinds of students.
 
-The students are a paired design: repeat i of `distill` and of `train_scratch` both use seed
-``seed + i``, so the same initial weights, the same data order and the same dropout masks;
-only the loss (and hence the weights) differ.
+- ``student_distilled`` (`distill`): the teacher's cached outputs + labels, on the augmented views;
+- ``student_scratch`` (`train_scratch`): labels only, on the same views (the baseline);
+- ``student_plain`` (`train_plain`): labels only, on the images as they are.
+
+The students are a paired design: repeat i of every student stage uses seed ``seed + i``, so
+the same initial weights, the same data order, the same views (kdflow.views) and the same
+dropout masks; only the loss (and for the plain students the augmentation) differ.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from kdflow import distribute, objective, repro, tracking
+from kdflow import distribute, objective, repro, tracking, views
 from kdflow.artifacts import load_user_model
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
@@ -22,6 +26,7 @@ from kdflow.models import build_model
 from kdflow.objective import LABELS, TEACHER_FEATURES, TEACHER_LOGITS, TrainingModel, training_model
 from kdflow.params import AugmentParams, Params
 from kdflow.training import fit
+from kdflow.views import Views
 
 
 def train_teacher(params: Params, data: Prepared, log_dir: Path | None = None,
@@ -32,7 +37,8 @@ def train_teacher(params: Params, data: Prepared, log_dir: Path | None = None,
     callbacks = [tracking.epoch_logger(log_dir)] if log_dir is not None else []
     with distribute.scope():
         model = build_model(params.teacher, data.input_shape, data.num_classes, name="teacher")
-        trained = training_model(with_augmentation(model, params.train_teacher.augment, params.seed))
+        goal = objective.Objective(label_smoothing=params.train_teacher.label_smoothing)
+        trained = training_model(with_augmentation(model, params.train_teacher.augment, params.seed), goal)
         summary = _fit_on(trained, data, params, "train_teacher", params.seed, callbacks=callbacks,
                           checkpoint=_checkpoint(run_dir, "teacher"))
     return model, summary
@@ -104,20 +110,27 @@ def with_augmentation(model: keras.Model, augment: AugmentParams, seed: int) -> 
     return keras.Model(inputs, model(h), name=f"{model.name}_augmented")
 
 
+def training_views(params: Params, data: Prepared) -> Views | None:
+    """The augmented views of the training split that the students train on (None: views.count 0)."""
+    return views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
+
+
 def train_students(
-    params: Params, data: Prepared, soft_targets: dict[str, np.ndarray] | None = None,
-    log_dir: Path | None = None, run_dir: Path | None = None,
+    params: Params, data: Prepared, soft_targets: dict[str, np.ndarray] | None = None, *,
+    train_views: Views | None = None, role: str | None = None, log_dir: Path | None = None,
+    run_dir: Path | None = None,
 ) -> Iterator[tuple[keras.Model, dict]]:
-    """Yield ``params.repeats`` students, one per seed: scratch students when
-    ``soft_targets`` is None, else students distilled from the cached teacher outputs.
-    Repeat 0's per-epoch curves go to ``log_dir`` if given; with ``run_dir``, every repeat
-    resumes from (or, if finished, is restored from) its checkpoint there."""
-    name = "student_scratch" if soft_targets is None else "student_distilled"
+    """Yield ``params.repeats`` students, one per seed, trained on ``train_views`` (the images
+    as they are if None): from the labels only when ``soft_targets`` is None, else distilled
+    from the teacher's cached outputs. ``role`` names the models (default: student_scratch or
+    student_distilled). Repeat 0's per-epoch curves go to ``log_dir`` if given; with
+    ``run_dir``, every repeat resumes from (or, if finished, is restored from) its checkpoint there."""
+    role = role or ("student_scratch" if soft_targets is None else "student_distilled")
     goal = objective.HARD_LABELS
     if soft_targets is not None:
         with distribute.scope():  # the objective may hold a variable (the soft term's warm-up weight)
             goal = objective.distillation(params)
-    hint_width = soft_targets["train_features"].shape[1] if goal.hint_weight else 0
+    hint_width = soft_targets["train_features"].shape[-1] if goal.hint_weight else 0
     # One model trains every repeat: each repeat assigns it a freshly built model's initial
     # weights (the same as building anew under its seed), so its training step is traced once
     # per stage, not once per repeat (time, and memory that clear_session does not give back).
@@ -125,10 +138,10 @@ def train_students(
     for repeat in range(params.repeats):
         seed = params.seed + repeat
         repro.make_deterministic(seed)
-        print(f"{name}: repeat {repeat + 1}/{params.repeats} (seed {seed})", flush=True)
+        print(f"{role}: repeat {repeat + 1}/{params.repeats} (seed {seed})", flush=True)
         loggers = [tracking.epoch_logger(log_dir)] if log_dir is not None and repeat == 0 else []
         with distribute.scope():
-            initial = build_model(params.student, data.input_shape, data.num_classes, name=name)
+            initial = build_model(params.student, data.input_shape, data.num_classes, name=role)
             hint = _hint_layer_output(initial, params.fitnet.student_layer) if hint_width else None
             initial_trained = training_model(initial, goal, hint, hint_width)
             if trained is None:
@@ -137,7 +150,7 @@ def train_students(
                 for variable, value in zip(trained.variables, initial_trained.variables, strict=True):
                     variable.assign(value)
             summary = _fit_on(trained, data, params, "train_student", seed, soft_targets,
-                              [*goal.callbacks(), *loggers], _checkpoint(run_dir, f"repeat_{repeat}"))
+                              [*goal.callbacks(), *loggers], _checkpoint(run_dir, f"repeat_{repeat}"), train_views)
         # The same model object for every repeat: the caller saves it before the next one starts.
         yield student, summary
 
@@ -161,7 +174,8 @@ def targets(data: Prepared, split_name: str, soft_targets: dict[str, np.ndarray]
     return result
 
 
-def _fit_on(model: TrainingModel, data, params, section, seed, soft_targets=None, callbacks=(), checkpoint=None):
+def _fit_on(model: TrainingModel, data, params, section, seed, soft_targets=None, callbacks=(), checkpoint=None,
+            train_views=None):
     return fit(
         model,
         (data.xy("train")[0], targets(data, "train", soft_targets)),
@@ -171,4 +185,5 @@ def _fit_on(model: TrainingModel, data, params, section, seed, soft_targets=None
         extra_callbacks=list(callbacks),
         config_key=section,
         checkpoint=checkpoint,
+        views=train_views,
     )

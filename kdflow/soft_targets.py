@@ -1,9 +1,10 @@
 """The teacher's cached outputs: computed once by `soft_targets`, read by `distill`.
 
-Always the logits on train and val; for feature-hint methods (FitNets) also the flattened
-output of the teacher's hint layer. The students train on the un-augmented images
-(train_student.augment is refused), so the cache is exactly what the teacher would produce
-online for every batch they see.
+Always the logits; for feature-hint methods (FitNets) also the flattened output of the
+teacher's hint layer. On the training split they are cached for every augmented view of every
+image (``kdflow.views``: [images, views, ...], with the view table they were computed on);
+on the validation split for the images as they are. The students rebuild each view they see,
+so the cache is exactly what the teacher would produce online for it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,18 @@ from kdflow.errors import KdflowError
 from kdflow.evaluation import INFERENCE_BATCH_SIZE
 from kdflow.io import load_npz, save_npz
 from kdflow.paths import SOFT_TARGETS
+from kdflow.views import Views
+from kdflow.views import apply as apply_view
 
 SPLITS = ("train", "val")
+VIEW_TABLE = "train_views"  # the view table of the training split's cached outputs
 
 
-def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[str, np.ndarray]:
-    """Run the teacher once (inference mode: no dropout) over the train and val splits."""
+def compute(teacher, data: Prepared, feature_layer: str | None = None, views: Views | None = None,
+            top_k: int = 0) -> dict[str, np.ndarray]:
+    """Run the teacher once (inference mode: no dropout) over every view of the training split
+    (the images themselves without ``views``) and over the validation split. With ``top_k``
+    below the number of classes, the training logits are kept as their top k (see ``top_k_form``)."""
     import keras
 
     outputs = [teacher.outputs[0]]
@@ -34,18 +41,58 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None) -> dict[s
             raise KdflowError(f"fitnet.teacher_layer = {feature_layer!r} is not a teacher layer; it has: {names}") from None
         outputs.append(keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature)
     extractor = keras.Model(teacher.inputs, outputs)
+
+    def run(x: np.ndarray, view: int | None = None) -> list[np.ndarray]:
+        # Batch by batch through predict's own compiled function (the same numbers as
+        # `predict`, which would first copy all of x into its tf.data pipeline).
+        batches = []
+        for i in range(0, len(x), INFERENCE_BATCH_SIZE):
+            batch = x[i:i + INFERENCE_BATCH_SIZE]
+            if view is not None:
+                batch = apply_view(batch, views.table[i:i + INFERENCE_BATCH_SIZE, view], views.max_shift)
+            out = extractor.predict_on_batch(batch)
+            batches.append(out if isinstance(out, list) else [out])
+        return [np.concatenate(parts).astype(np.float32) for parts in zip(*batches)]
+
     cache = {}
     for name in SPLITS:
         x = data.xy(name)[0]
-        # Batch by batch through predict's own compiled function (the same numbers as
-        # `predict`, which would first copy all of x into its tf.data pipeline).
-        batches = [extractor.predict_on_batch(x[i:i + INFERENCE_BATCH_SIZE])
-                   for i in range(0, len(x), INFERENCE_BATCH_SIZE)]
-        result = [np.concatenate(parts) for parts in zip(*(b if isinstance(b, list) else [b] for b in batches))]
-        cache[name] = result[0].astype(np.float32)
+        if name == "train" and views is not None:
+            per_view = [run(x, v) for v in range(views.count)]
+            result = [np.stack(parts, axis=1) for parts in zip(*per_view)]  # [images, views, ...]
+            cache[VIEW_TABLE] = views.table
+        else:
+            result = run(x)
+        cache[name] = result[0]
         if feature_layer is not None:
-            cache[f"{name}_features"] = result[1].astype(np.float32)
+            cache[f"{name}_features"] = result[1]
+    if 0 < top_k < data.num_classes:
+        cache.update(top_k_form(cache.pop("train"), top_k))
     return cache
+
+
+TOP_K_KEYS = ("train_top_values", "train_top_classes", "train_rest")
+
+
+def top_k_form(logits: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """The k largest logits of each row, their classes, and one logit that gives every other class
+    an equal share of the remaining probability mass (FKD's marginal smoothing). Expanded back by
+    ``full_logits``, the softmax (T = 1) is exact for the top k; the rest is spread evenly."""
+    classes = np.argsort(-logits, axis=-1, kind="stable")[..., :k]
+    values = np.take_along_axis(logits, classes, axis=-1)
+    logits64 = logits.astype(np.float64)
+    log_total = np.logaddexp.reduce(logits64, axis=-1)
+    top_mass = np.exp(values.astype(np.float64) - log_total[..., None]).sum(axis=-1)
+    # the floor keeps the log finite for a teacher that puts (numerically) all its mass in the top k
+    rest = np.log(np.maximum(1.0 - top_mass, 1e-30) / (logits.shape[-1] - k)) + log_total
+    return {"train_top_values": values, "train_top_classes": classes.astype(np.int32),
+            "train_rest": rest.astype(np.float32)}
+
+
+def full_logits(values: np.ndarray, classes: np.ndarray, rest: np.ndarray, num_classes: int) -> np.ndarray:
+    logits = np.repeat(rest[..., None], num_classes, axis=-1).astype(np.float32)
+    np.put_along_axis(logits, classes, values, axis=-1)
+    return logits
 
 
 def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS) -> None:
@@ -53,10 +100,18 @@ def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS
     save_npz(path, data_hash=np.array(data.meta["content_hash"]), **cache)
 
 
-def load(data: Prepared, with_features: bool = False, path: Path = SOFT_TARGETS) -> dict[str, np.ndarray]:
+def load(data: Prepared, views: Views | None, with_features: bool = False,
+         path: Path = SOFT_TARGETS) -> dict[str, np.ndarray]:
+    """The cache, checked against the prepared data and against ``views`` (the view table the
+    student side derived from the params: it must be the one the teacher saw)."""
     feature_keys = tuple(f"{s}_features" for s in SPLITS) if with_features else ()
     rerun = "rerun `dvc repro soft_targets`"
-    arrays = load_npz(path, ("data_hash", *SPLITS), produced_by="soft_targets")
+    arrays = load_npz(path, ("data_hash", "val"), produced_by="soft_targets")
+    try:
+        arrays.update(load_npz(path, ("train",), produced_by="soft_targets"))
+    except KdflowError:  # cached as the top k (views.top_k)
+        top = load_npz(path, TOP_K_KEYS, produced_by="soft_targets")
+        arrays["train"] = full_logits(*(top[key] for key in TOP_K_KEYS), data.num_classes)
     if str(arrays.pop("data_hash")) != data.meta["content_hash"]:
         raise KdflowError(f"{path} was computed on other prepared data: {rerun}")
     if feature_keys:
@@ -64,8 +119,16 @@ def load(data: Prepared, with_features: bool = False, path: Path = SOFT_TARGETS)
             arrays.update(load_npz(path, feature_keys, produced_by="soft_targets"))
         except KdflowError:
             raise KdflowError(f"{path} holds no teacher features (needed by fitnet): {rerun}") from None
+    if views is not None:
+        try:
+            cached_table = load_npz(path, (VIEW_TABLE,), produced_by="soft_targets")[VIEW_TABLE]
+        except KdflowError:
+            cached_table = None
+        if cached_table is None or not np.array_equal(cached_table, views.table):
+            raise KdflowError(f"{path} was computed for other views (seed or views.*): {rerun}")
     for name in SPLITS:
-        expected = (len(data.xy(name)[1]), data.num_classes)
+        per_view = (views.count,) if name == "train" and views is not None else ()
+        expected = (len(data.xy(name)[1]), *per_view, data.num_classes)
         if arrays[name].shape != expected:
             raise KdflowError(
                 f"{path}: {name} logits have shape {arrays[name].shape}, expected {expected}: {rerun}"

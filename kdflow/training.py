@@ -22,6 +22,9 @@ from kdflow.objective import LABELS, TrainingModel
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
 from kdflow.tracking import LearningRateLogger
+from kdflow.views import Views
+from kdflow.views import apply as apply_view
+from kdflow.views import choice as view_choice
 
 # The quantity early stopping watches: the validation cross-entropy with the hard labels
 # (for the distilled student too, as in the reference repo: its KD term is no model-selection signal).
@@ -35,25 +38,46 @@ Targets = Mapping[str, np.ndarray]  # see kdflow.objective: labels (+ teacher_lo
 
 
 def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | None = None,
-                 epochs: range = range(1)) -> tf.data.Dataset:
+                 epochs: range = range(1), views: Views | None = None) -> tf.data.Dataset:
     """In-memory tf.data pipeline. Without a seed: one pass in order (validation). With a seed:
     the batches of ``epochs``, each epoch in its own order, a function of (seed, epoch number)
     only, so a run resumed at epoch k reads exactly the batches an uninterrupted run reads.
-    Batches are gathered by index from the arrays loaded once (no shuffle buffer copy)."""
+    Batches are gathered by index from the arrays loaded once (no shuffle buffer copy).
+
+    With ``views``, each sample is the view ``kdflow.views.choice(seed, epoch)`` picks for it,
+    built on the fly, and every target but the labels is given per view ([images, views, ...]):
+    the teacher's cached output for exactly that view."""
     targets = {key: _as_target(key, value) for key, value in targets.items()}
     if seed is None:
         return tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
     x_all, t_all = _images_as_tensor(x), {key: tf.constant(value) for key, value in targets.items()}
     n = len(x)
+    if views is not None:
+        view_table = tf.constant(views.table)
+        for key, value in targets.items():
+            if key != LABELS and value.shape[:2] != views.table.shape[:2]:
+                raise KdflowError(f"{key} has shape {value.shape}: expected one row per view "
+                                  f"{views.table.shape[:2]}: rerun `dvc repro soft_targets`")
 
     def epoch_batches(epoch):
         seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed_pair)
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        if views is None:
+            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        chosen = tf.gather(view_choice(seed, epoch, n, views.count), order)
+        return tf.data.Dataset.from_tensor_slices((order, chosen)).batch(batch_size)
+
+    def gather(idx, view=None):
+        images = tf.gather(x_all, idx)
+        if view is None:
+            return images, {key: tf.gather(t, idx) for key, t in t_all.items()}
+        at = tf.stack([idx, view], axis=1)
+        images = apply_view(images, tf.gather_nd(view_table, at), views.max_shift)
+        return images, {key: tf.gather(t, idx) if key == LABELS else tf.gather_nd(t, at) for key, t in t_all.items()}
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
-    ds = ds.map(lambda idx: (tf.gather(x_all, idx), {key: tf.gather(t, idx) for key, t in t_all.items()}))
+    ds = ds.map(gather)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -117,13 +141,15 @@ def fit(
     config_key: str = "train",
     jit_compile: bool = False,
     checkpoint: Path | None = None,
+    views: Views | None = None,
 ) -> dict:
     """Train ``model`` in place; return a summary of the kept epoch.
 
     The logs hold the model's tracked terms (``loss``, ``accuracy``, ``hard_ce``, and for
     distillation ``soft_loss`` / ``hint_loss``); early stopping watches ``val_hard_ce``. With
     ``checkpoint``, the training state is saved there after every epoch and a run finds it and
-    resumes (see ``kdflow.resume``)."""
+    resumes (see ``kdflow.resume``). With ``views``, it trains on augmented views of the
+    training images (see ``make_dataset``); validation stays un-augmented."""
     x_train, t_train = train
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     setup = (cfg, steps_per_epoch, jit_compile)
@@ -158,7 +184,8 @@ def fit(
         # the checkpoint comes last: it saves what the others updated at each epoch end
         callbacks += [early_stopping, state] if early_stopping else [state]
         model.fit(
-            make_dataset(x_train, t_train, cfg.batch_size, seed, epochs=range(state.first_epoch, cfg.epochs)),
+            make_dataset(x_train, t_train, cfg.batch_size, seed, epochs=range(state.first_epoch, cfg.epochs),
+                         views=views),
             steps_per_epoch=steps_per_epoch,
             initial_epoch=state.first_epoch,
             shuffle=False,  # make_dataset orders the batches (a seeded order per epoch)

@@ -1,4 +1,5 @@
-"""Stage `distill`: train `repeats` students on labels + cached teacher logits.
+"""Stage `distill`: train `repeats` students on the augmented views, from the labels and the
+teacher's cached outputs for each view.
 
 Writes models/student_distilled.keras (repeat 0), models/student_distilled_repeats/ and
 metrics/distill.json. A killed run resumes from its last finished epoch.
@@ -17,10 +18,12 @@ def main() -> None:
 
     distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
-    cache = soft_targets.load(data, with_features=params.distill.needs_teacher_features)
+    train_views = recipes.training_views(params, data)
+    cache = soft_targets.load(data, train_views, with_features=params.distill.needs_teacher_features)
     with resume.run_dir("distill", params, [PREPARED_DIR, SOFT_TARGETS]) as run_dir:
         with atomic_dir(live_dir("distill")) as log_dir:
-            students = recipes.train_students(params, data, cache, log_dir=log_dir, run_dir=run_dir)
+            students = recipes.train_students(params, data, cache, train_views=train_views,
+                                              log_dir=log_dir, run_dir=run_dir)
             summary = artifacts.save_students("student_distilled", students)
         write_json(metrics_file("distill"), summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "

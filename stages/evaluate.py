@@ -1,7 +1,7 @@
-"""Stage `evaluate`: teacher and every repeat of both students on the test split.
+"""Stage `evaluate`: the teacher and every repeat of the three students on the test split.
 
 Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE, per-class accuracy, teacher
-agreement, size, the paired KD gain with its 95% CI, gap closed, compression), the DVC
+agreement, size, the three paired gains with their 95% CIs, gap closed, compression), the DVC
 confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export stage's
 deployment numbers, figures). CPU latency is wall-clock: timings/evaluate.json, not tracked.
 """
@@ -13,11 +13,11 @@ from kdflow.runner import run_stage
 def main() -> None:
     params = load_params()
     from kdflow import repro
-    from kdflow.comparison import ROLES, compare
+    from kdflow.comparison import GAINS, ROLES, compare
     from kdflow.data import load_prepared
     from kdflow.io import read_json, write_json
     from kdflow.paths import metrics_file, timings_file
-    from kdflow.report import write_confusion_plots, write_report
+    from kdflow.report import recommendation, write_confusion_plots, write_report
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("test",))
@@ -33,10 +33,12 @@ def main() -> None:
         print(f"evaluate: {role:18s} test accuracy {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
               f"(n={r['repeats']})  ECE {r['ece_mean']:.4f}  params {r['params']}  "
               f"latency {result.latency[role]['batch_1']:.3f} ms (1 sample)")
-    gain = result.metrics["kd_gain"]
-    ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
-    print(f"evaluate: KD gain {gain['mean']:+.4f}{ci}; gap closed {result.metrics['gap_closed']}; "
-          f"report in reports/summary.md")
+    for name in GAINS:
+        gain = result.metrics[name]
+        ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
+        print(f"evaluate: {name} {gain['mean']:+.4f}{ci}")
+    print(f"evaluate: gap closed {result.metrics['gap_closed']}; report in reports/summary.md")
+    print("evaluate: which to use: " + recommendation(result.metrics).replace("**", ""))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage `train_scratch`: the same students, labels only (paired with distill's by seed).
+"""Stage `train_scratch`: the same students on the same augmented views, labels only (paired
+with distill's by seed): the baseline the KD gain is measured against.
 
 Writes models/student_scratch.keras (repeat 0), models/student_scratch_repeats/ and
 metrics/train_scratch.json. A killed run resumes from its last finished epoch.
@@ -19,7 +20,8 @@ def main() -> None:
     data = load_prepared(("train", "val"))
     with resume.run_dir("train_scratch", params, [PREPARED_DIR]) as run_dir:
         with atomic_dir(live_dir("train_scratch")) as log_dir:
-            students = recipes.train_students(params, data, log_dir=log_dir, run_dir=run_dir)
+            students = recipes.train_students(params, data, train_views=recipes.training_views(params, data),
+                                              log_dir=log_dir, run_dir=run_dir)
             summary = artifacts.save_students("student_scratch", students)
         write_json(metrics_file("train_scratch"), summary)
     print(f"train_scratch: mean val_accuracy={summary['val_accuracy_mean']:.4f} "

@@ -20,7 +20,8 @@ from benchmarks.run import copy_project, stages_run
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "export", "evaluate"}
+ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "train_plain", "export",
+              "evaluate"}
 
 
 def minimal_params(**overrides) -> dict:

@@ -79,3 +79,30 @@ def test_training_logs_curves_with_learning_rate_and_loss_terms(tmp_path):
     # Only repeat 0 is logged: one line per epoch, not one per epoch per repeat.
     assert len((tmp_path / "distill/plots/metrics/train/loss.tsv").read_text().splitlines()) == 3
     assert "timestamp" not in (tmp_path / "distill/plots/metrics/train/loss.tsv").read_text()
+
+
+def test_gap_closed_is_undefined_when_the_gap_is_within_the_scratch_students_noise():
+    from kdflow.evaluation import gap_closed
+
+    scratch = [0.95, 0.96, 0.94]  # std 0.01
+    assert gap_closed(0.01, 0.98, scratch) == pytest.approx(1 / 3, abs=1e-6)  # gap 0.03 > 2 std
+    assert gap_closed(0.01, 0.965, scratch) is None  # gap 0.015 < 2 std: a ratio to noise
+    assert gap_closed(0.01, 0.94, scratch) is None  # the teacher is worse
+
+
+def _gain(low, high):
+    return {"mean": (low + high) / 2, "ci95_low": low, "ci95_high": high}
+
+
+@pytest.mark.parametrize("kd, augment, both, answer", [
+    ((0.002, 0.01), (0.01, 0.02), (0.02, 0.03), "**distill on the augmented views**: the teacher adds"),
+    ((-0.01, -0.002), (0.01, 0.02), (0.0, 0.01), "**augment, do not distill**"),
+    ((-0.005, 0.004), (0.01, 0.02), (0.01, 0.02), "**augment**: augmentation alone helps"),
+    ((-0.001, 0.01), (-0.001, 0.01), (0.002, 0.01), "**distill on the augmented views**: together"),
+    ((-0.01, 0.01), (-0.01, 0.01), (-0.01, 0.01), "**no demonstrated effect**"),
+])
+def test_the_report_answers_distill_augment_or_both_from_the_three_paired_cis(kd, augment, both, answer):
+    from kdflow.report import recommendation
+
+    m = {"kd_gain": _gain(*kd), "augment_gain": _gain(*augment), "combined_gain": _gain(*both)}
+    assert recommendation(m).startswith(answer)

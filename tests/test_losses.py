@@ -182,6 +182,18 @@ def test_hard_label_objective_is_the_cross_entropy_and_accuracy_reads_the_labels
     assert logged(model) == {"accuracy": 1.0, "hard_ce": pytest.approx(float(loss), rel=1e-6)}
 
 
+def test_label_smoothing_is_the_cross_entropy_with_smoothed_one_hot_targets(batch):
+    labels, _, student = batch
+    smoothing, classes = 0.2, student.shape[1]
+    targets = np.eye(classes)[labels] * (1 - smoothing) + smoothing / classes
+    expected = -(targets * np_log_softmax(student)).sum(axis=1)
+    np.testing.assert_allclose(hard_ce(labels, tf.constant(student, tf.float32), smoothing), expected, rtol=1e-5)
+    model = model_for()
+    model.objective = objective.Objective(label_smoothing=smoothing)  # the teacher's objective
+    loss = model.compute_loss(y={LABELS: tf.constant(labels, tf.int32)}, y_pred=tf.constant(student, tf.float32))
+    np.testing.assert_allclose(float(loss), expected.mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, method):
     labels, teacher, student = batch

@@ -40,7 +40,11 @@ def test_valid_minimal_params_and_defaults():
         ({"dist": {"gamma": "high"}}, "dist.gamma = 'high': Input should be a valid number"),
         ({"distill": {"method": "crd"}}, "distill.method = 'crd': Input should be 'kd'"),
         ({"teacher": {"source": "url"}}, "teacher.source = 'url': Input should be 'train' or 'file'"),
-        ({"train_student": {"augment": {"shift": 0.1}}}, "train_student.augment: not supported"),
+        ({"train_student": {"augment": {"shift": 0.1}}}, "train_student.augment: not a key: the students' "
+                                                         "augmentation is the `views` section"),
+        ({"views": {"count": 4, "shift": 0}},
+         "views: count = 4 with shift 0 and no flip: every view would be the image"),
+        ({"views": {"count": -1}}, "views.count = -1: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_params_give_one_line_naming_the_key(overrides, expected):

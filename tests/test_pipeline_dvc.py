@@ -2,8 +2,10 @@
 one `dvc repro` is the `pipeline_repo` fixture (conftest); tests that change it use a copy."""
 
 import json
+import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -13,7 +15,8 @@ pytestmark = pytest.mark.e2e
 
 # What depends on alpha / temperature: the distilled student and what consumes it.
 ALPHA_STAGES = {"distill", "export", "evaluate"}
-ROLES = ("teacher", "student_distilled", "student_scratch")
+ROLES = ("teacher", "student_distilled", "student_scratch", "student_plain")
+UPSTREAM = {"prepare", "train_teacher", "soft_targets", "train_scratch", "train_plain"}  # never rerun by alpha
 
 
 def tracked_bytes(repo):
@@ -27,8 +30,11 @@ def test_forced_rerun_is_identical_and_an_alpha_experiment_reruns_only_what_depe
     repo = copy_repo(pipeline_repo, tmp_path)
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluate["kd_gain"]["pairs"] == 2
-    assert evaluate["kd_gain"]["mean"] == pytest.approx(
-        evaluate["student_distilled"]["accuracy_mean"] - evaluate["student_scratch"]["accuracy_mean"], abs=1e-5)
+    for name, (better, baseline) in {"kd_gain": ("student_distilled", "student_scratch"),
+                                     "augment_gain": ("student_scratch", "student_plain"),
+                                     "combined_gain": ("student_distilled", "student_plain")}.items():
+        assert evaluate[name]["mean"] == pytest.approx(
+            evaluate[better]["accuracy_mean"] - evaluate[baseline]["accuracy_mean"], abs=1e-5), name
     assert sorted(p.name for p in (repo / "models/student_distilled_repeats").iterdir()) == \
         ["repeat_0.keras", "repeat_1.keras"]
 
@@ -47,7 +53,7 @@ def test_forced_rerun_is_identical_and_an_alpha_experiment_reruns_only_what_depe
     exp = sh(["dvc", "exp", "run", "-S", "alpha=0.9"], repo)
     output = exp.stdout + exp.stderr
     assert stages_run(output) == ALPHA_STAGES
-    assert stages_skipped(output) == {"prepare", "train_teacher", "soft_targets", "train_scratch"}
+    assert stages_skipped(output) == UPSTREAM
 
     params_diff = json.loads(sh(["dvc", "params", "diff", "--json"], repo).stdout)
     assert set(params_diff["params.yaml"]) == {"alpha"}
@@ -56,8 +62,8 @@ def test_forced_rerun_is_identical_and_an_alpha_experiment_reruns_only_what_depe
     changed = {(path, key) for path, keys in diff.items() for key in keys}
     assert ("metrics/evaluate.json", "student_distilled.loss_mean") in changed
     assert ("metrics/distill.json", "repeat_0.loss") in changed
-    assert not any(key.startswith(("teacher.", "student_scratch.")) for _, key in changed)
-    assert "metrics/train_teacher.json" not in diff and "metrics/train_scratch.json" not in diff
+    assert not any(key.startswith(("teacher.", "student_scratch.", "student_plain.", "augment_gain.")) for _, key in changed)
+    assert not {"metrics/train_teacher.json", "metrics/train_scratch.json", "metrics/train_plain.json"} & set(diff)
 
     experiments = [rev for baseline in json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
                    for exp in (baseline.get("experiments") or []) for rev in exp["revs"]]
@@ -74,9 +80,11 @@ def test_plots_report_and_evaluation_metrics(pipeline_repo, tmp_path):
         evaluate["teacher"]["params"] / evaluate["student_distilled"]["params"], rel=1e-3)
 
     summary = (repo / "reports/summary.md").read_text()
-    for row in ("| teacher |", "| distilled student |", "| scratch student |", "**KD gain**", "alpha="):
+    for row in ("| teacher |", "| distilled student (views) |", "| scratch student (views) |",
+                "| plain scratch student (no augmentation) |", "**Which to use on this data**",
+                "| KD gain (distilled − scratch, both on the views) |", "| Augmentation alone", "alpha=", "views.count=8"):
         assert row in summary
-    for image in ("reliability", "confusion_teacher", "confusion_student_distilled", "confusion_student_scratch"):
+    for image in ("reliability", *(f"confusion_{role}" for role in ROLES)):
         png = repo / f"reports/figures/{image}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figures/{image}.png" in summary
     export = json.loads((repo / "metrics/export.json").read_text())
@@ -88,10 +96,10 @@ def test_plots_report_and_evaluation_metrics(pipeline_repo, tmp_path):
 
     shown = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     assert {"val_accuracy", "learning_rate", "distill_loss_terms"} <= set(shown)
-    assert sum("confusion" in plot_id for plot_id in shown) == 3
+    assert sum("confusion" in plot_id for plot_id in shown) == 4
     # One page, three curves: DVC shortens the file names to what differs between them.
     sources = {d["filename"].split("/")[0] for d in shown["val_accuracy"][0]["content"]["data"]["values"]}
-    assert sources == {"train_teacher", "distill", "train_scratch"}
+    assert sources == {"train_teacher", "distill", "train_scratch", "train_plain"}
     terms = {d["filename::field"] for d in shown["distill_loss_terms"][0]["content"]["data"]["values"]}
     assert {"train/hard_ce.tsv::hard_ce", "train/soft_loss.tsv::soft_loss", "eval/soft_loss.tsv::soft_loss"} <= terms
     sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
@@ -130,7 +138,7 @@ def test_queued_sweep_never_retrains_teacher_or_scratch(pipeline_repo, tmp_path)
     for name in status:
         log = sh(["dvc", "queue", "logs", name], repo).stdout
         assert stages_run(log) == ALPHA_STAGES, name
-        assert {"train_teacher", "train_scratch", "soft_targets", "prepare"} <= stages_skipped(log), name
+        assert UPSTREAM <= stages_skipped(log), name
 
     changed = json.loads(sh(["dvc", "exp", "show", "--only-changed", "--json"], repo).stdout)
     sweep = {rev["data"]["params"]["params.yaml"]["data"]["alpha"]: rev["data"]["metrics"]["metrics/evaluate.json"]["data"]
@@ -142,6 +150,26 @@ def test_queued_sweep_never_retrains_teacher_or_scratch(pipeline_repo, tmp_path)
     sh(["dvc", "exp", "run", "-S", "alpha=0.2"], repo)
     alone = json.loads((repo / "metrics/evaluate.json").read_text())
     assert without_nulls(alone) == without_nulls(sweep[0.2])  # `exp show` leaves nulls out
+
+    # The recipe table ranks by the paired validation gain (metrics/distill.json and
+    # train_scratch.json per repeat), whatever the test split says.
+    table = sh([sys.executable, "-m", "kdflow.selection"], repo).stdout
+    ranked = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert sorted(ranked) == sorted([*status, "main"])
+
+    def val_gain(rev):
+        metrics = rev["data"]["metrics"]
+        per = [[r["val_accuracy"] for k, r in sorted(metrics[f]["data"].items()) if k.startswith("repeat_")]
+               for f in ("metrics/distill.json", "metrics/train_scratch.json")]
+        return np.mean(np.subtract(*per))
+
+    revs = {}
+    for baseline in json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout):
+        if baseline["rev"] != "workspace":
+            revs[baseline["name"]] = baseline
+            revs.update((rev["name"], rev) for exp in baseline.get("experiments") or [] for rev in exp["revs"])
+    gains = [val_gain(revs[name]) for name in ranked]
+    assert gains == sorted(gains, reverse=True)
 
     sh(["dvc", "exp", "apply", sorted(status)[0]], repo)
     assert yaml.safe_load((repo / "params.yaml").read_text())["alpha"] in sweep

@@ -30,6 +30,7 @@ def distill_outputs(repo):
 
 def test_killed_stage_resumes_at_its_last_epoch_and_ends_with_the_same_weights(pipeline_repo, tmp_path):
     repo = copy_repo(pipeline_repo, tmp_path)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["views"]["count"] > 0  # on augmented views
     # Long enough to be killed mid-run; patience > epochs keeps early stopping's state in play
     # (best weights restored at the end) without stopping.
     set_params(repo, "train_student", epochs=8, batch_size=16, patience=20)

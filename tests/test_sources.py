@@ -158,6 +158,7 @@ def test_user_teacher_file_is_checked_and_made_a_logits_model(in_tmp):
     from kdflow import recipes
 
     data = small_prepared(in_tmp)
+    keras.utils.set_random_seed(0)  # the same untrained teacher whatever ran before (near-tied logits)
     user_teacher((8, 8, 1), 3).save(in_tmp / "t.keras")
     model, summary = recipes.import_teacher(teacher_params(in_tmp / "t.keras"), data)
     assert model.layers[-1].activation is keras.activations.linear  # softmax removed: logits
@@ -207,13 +208,4 @@ def test_augmentation_is_seeded_and_left_out_of_the_saved_model(in_tmp):
     keras.utils.set_random_seed(0)
     first = augmented.layers[1](x, training=True)
     assert not np.allclose(first, x)
-    assert with_augmentation(base, AugmentParams(), seed=3) is base
-
-
-def test_student_augmentation_is_refused_with_the_reason():
-    from kdflow.params import validate
-
-    raw = minimal_params()
-    raw["train_student"] = {**raw["train_student"], "augment": {"flip": True}}
-    with pytest.raises(KdflowError, match="train_student.augment: not supported: the cached soft targets"):
-        validate(raw)
+    assert with_augmentation(base, AugmentParams(shift=0.0), seed=3) is base

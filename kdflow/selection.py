@@ -1,0 +1,112 @@
+"""Rank DVC experiments by **validation**: the recipe table of a `dvc exp run --queue` sweep.
+
+Reads `dvc exp show --json` (the workspace, its baseline commit and their experiments) and,
+for each, the per-repeat validation accuracies that `distill`, `train_scratch` and
+`train_plain` write. The paired validation gains use the same seeds as the test ones in
+metrics/evaluate.json; the test gain is shown beside them for the record, never used to rank.
+
+    python -m kdflow.selection            # markdown table, best validation KD gain first
+    python -m kdflow.selection --by scratch   # rank by the scratch students on the views instead
+
+Written here because DVC shows the metrics of each experiment but not paired statistics over them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from dataclasses import dataclass
+
+from kdflow.errors import KdflowError
+
+# role -> the metrics file of the stage that trains it
+STUDENT_METRICS = {"distilled": "metrics/distill.json", "scratch": "metrics/train_scratch.json",
+                   "plain": "metrics/train_plain.json"}
+
+
+@dataclass
+class Experiment:
+    name: str
+    params: dict      # flattened params.yaml
+    val: dict         # role -> per-repeat validation accuracies
+    test_kd_gain: dict | None
+
+    def val_gain(self, better: str, baseline: str) -> dict:
+        from kdflow.evaluation import paired_gain  # loads TensorFlow: after run_stage quietened it
+
+        return paired_gain(self.val[better], self.val[baseline])
+
+    def val_mean(self, role: str) -> float:
+        return sum(self.val[role]) / len(self.val[role])
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _experiment(name: str, data: dict) -> Experiment | None:
+    metrics = data.get("metrics") or {}
+    try:
+        val = {role: [r["val_accuracy"] for key, r in sorted(metrics[path]["data"].items())
+                      if key.startswith("repeat_")] for role, path in STUDENT_METRICS.items()}
+    except KeyError:
+        return None  # a failed or unfinished experiment
+    evaluate = (metrics.get("metrics/evaluate.json") or {}).get("data") or {}
+    return Experiment(name, _flat(data["params"]["params.yaml"]["data"]), val, evaluate.get("kd_gain"))
+
+
+def experiments(show: list[dict]) -> list[Experiment]:
+    """The baseline commit's results and every finished experiment of `dvc exp show --json`."""
+    found = []
+    for base in show:
+        if base["rev"] == "workspace":
+            continue
+        if (baseline := _experiment(base.get("name") or base["rev"][:7], base["data"])) is not None:
+            found.append(baseline)
+        for exp in base.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                if rev.get("data") and (e := _experiment(rev.get("name") or rev["rev"][:7], rev["data"])):
+                    found.append(e)
+    return found
+
+
+def table(found: list[Experiment], by: str = "kd") -> str:
+    """Markdown table ranked by validation: ``by="kd"`` the paired gain of the distilled over
+    the scratch students (both on the views), ``by="scratch"`` the scratch students' accuracy."""
+    if not found:
+        raise KdflowError("no finished experiments: run some with `dvc exp run --queue -S ...` and `dvc queue start`")
+    baseline = found[0].params
+    key = (lambda e: e.val_gain("distilled", "scratch")["mean"]) if by == "kd" else (lambda e: e.val_mean("scratch"))
+    lines = ["| experiment | changed params | val distilled | val scratch (views) | val plain "
+             "| val KD gain [95% CI] | test KD gain (not used to rank) |", "|---|---|---|---|---|---|---|"]
+    for e in sorted(found, key=key, reverse=True):
+        changed = ", ".join(f"`{k}={v}`" for k, v in e.params.items() if baseline.get(k) != v) or "(baseline)"
+        gain = e.val_gain("distilled", "scratch")
+        ci = "" if gain["ci95_low"] is None else f" [{gain['ci95_low'] * 100:+.2f}, {gain['ci95_high'] * 100:+.2f}]"
+        test = "—" if not e.test_kd_gain else f"{e.test_kd_gain['mean'] * 100:+.2f}"
+        lines.append(f"| {e.name} | {changed} | {e.val_mean('distilled'):.4f} | {e.val_mean('scratch'):.4f} | "
+                     f"{e.val_mean('plain'):.4f} | {gain['mean'] * 100:+.2f}{ci} | {test} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--by", choices=("kd", "scratch"), default="kd")
+    args = parser.parse_args(argv)
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise KdflowError(f"`dvc exp show --json` failed: {shown.stderr.strip().splitlines()[-1:]}")
+    print(table(experiments(json.loads(shown.stdout)), args.by))
+
+
+if __name__ == "__main__":
+    from kdflow.runner import run_stage
+
+    run_stage(main)

@@ -1,0 +1,31 @@
+"""Stage `train_plain`: the same students on the images as they are, labels only (paired with
+the others by seed): what augmentation alone adds is train_scratch vs this.
+
+Writes models/student_plain.keras (repeat 0), models/student_plain_repeats/ and
+metrics/train_plain.json. A killed run resumes from its last finished epoch.
+"""
+
+from kdflow.params import load_params
+from kdflow.runner import run_stage
+
+
+def main() -> None:
+    params = load_params()
+    from kdflow import artifacts, distribute, recipes, resume
+    from kdflow.data import load_prepared
+    from kdflow.io import atomic_dir, write_json
+    from kdflow.paths import PREPARED_DIR, live_dir, metrics_file
+
+    distribute.setup(params.runtime)
+    data = load_prepared(("train", "val"))
+    with resume.run_dir("train_plain", params, [PREPARED_DIR]) as run_dir:
+        with atomic_dir(live_dir("train_plain")) as log_dir:
+            students = recipes.train_students(params, data, role="student_plain", log_dir=log_dir, run_dir=run_dir)
+            summary = artifacts.save_students("student_plain", students)
+        write_json(metrics_file("train_plain"), summary)
+    print(f"train_plain: mean val_accuracy={summary['val_accuracy_mean']:.4f} "
+          f"over {params.repeats} repeats -> models/student_plain*")
+
+
+if __name__ == "__main__":
+    run_stage(main)

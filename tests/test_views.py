@@ -1,0 +1,139 @@
+"""Augmented views: the teacher's cached output is for the very view a student sees, and the
+students of one repeat see the same views."""
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_prepared, minimal_params
+from kdflow import soft_targets, views
+from kdflow.errors import KdflowError
+from kdflow.objective import LABELS, TEACHER_LOGITS
+from kdflow.params import ViewsParams, validate
+from kdflow.recipes import targets, training_views
+from kdflow.training import make_dataset
+
+
+def test_the_view_table_is_a_function_of_seed_image_and_view_only():
+    cfg = ViewsParams(count=4, shift=2, flip=True)
+    small, large = views.table(5, 10, cfg, (8, 8)), views.table(5, 30, cfg, (8, 8))
+    np.testing.assert_array_equal(small, large[:10])  # row i does not depend on how many images
+    assert small.shape == (10, 4, 3) and np.abs(small[..., :2]).max() <= 2 and set(np.unique(small[..., 2])) == {0, 1}
+    assert not np.array_equal(small, views.table(6, 10, cfg, (8, 8)))
+    assert not views.table(5, 10, ViewsParams(count=4, shift=2), (8, 8))[..., 2].any()  # flip off: never flipped
+    with pytest.raises(KdflowError, match=r"views.shift = 4: must be less than half the image size \(8x8\)"):
+        views.table(5, 10, ViewsParams(shift=4), (8, 8))
+
+
+def test_a_view_is_the_shifted_and_flipped_image_with_zero_fill():
+    rng = np.random.default_rng(0)
+    x = rng.random((6, 7, 5, 2), dtype=np.float32)
+    params = np.array([[0, 0, 0], [2, -1, 0], [-2, 2, 1], [1, 0, 1], [0, -2, 0], [-1, -1, 1]], np.int32)
+
+    def reference(image, dy, dx, flip):
+        image = image[:, ::-1] if flip else image
+        padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+        return padded[2 - dy:2 - dy + 7, 2 - dx:2 - dx + 5]
+
+    out = views.apply(x, params, max_shift=2).numpy()
+    for i in range(len(x)):
+        np.testing.assert_array_equal(out[i], reference(x[i], *params[i]))
+
+
+def exact_teacher(shape, classes):
+    """A linear teacher with small integer weights: on 0/1 images its logits are exact integers
+    whatever the batch, so a view and its cached logits can be matched bit for bit."""
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, keras.layers.Dense(classes)(keras.layers.Flatten()(inputs)))
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.integers(-3, 4, size=w.shape).astype(np.float32) for w in model.get_weights()])
+    return model
+
+
+def binary_data():
+    data = make_prepared(n_per_class=12, shape=(8, 8, 1))
+    for key in ("x_train", "x_val"):
+        data.arrays[key] = (data.arrays[key] > 0.5).astype(np.float32)
+    return data
+
+
+def test_the_student_sees_the_view_the_teacher_saw_with_its_cached_output():
+    data = binary_data()
+    params = validate(minimal_params(views={"count": 4, "shift": 2, "flip": True}))
+    train_views = training_views(params, data)
+    teacher = exact_teacher(data.input_shape, data.num_classes)
+    cache = soft_targets.compute(teacher, data, views=train_views)
+    n = len(data.xy("train")[1])
+    assert cache["train"].shape == (n, 4, 3) and cache["val"].shape == (len(data.xy("val")[1]), 3)
+    x = data.xy("train")[0]
+    changed = 0
+    for images, batch in make_dataset(x, targets(data, "train", cache), 10, seed=3, epochs=range(3),
+                                      views=train_views):
+        # the logits delivered with each sample are the teacher's on exactly the image delivered
+        np.testing.assert_array_equal(teacher(images).numpy(), batch[TEACHER_LOGITS].numpy())
+        changed += sum(not any(np.array_equal(image, original) for original in x) for image in images.numpy())
+    assert changed > n  # over 3 epochs (3n samples), most were augmented views, not the stored images
+
+
+def test_paired_students_see_identical_view_sequences():
+    data = binary_data()
+    params = validate(minimal_params(views={"count": 4, "shift": 2}))
+    train_views = training_views(params, data)
+    x, y = data.xy("train")
+    cache = {"train": np.zeros((len(y), 4, 3), np.float32)}
+
+    def images(seed, with_teacher):
+        t = {LABELS: y, TEACHER_LOGITS: cache["train"]} if with_teacher else {LABELS: y}
+        return [b[0].numpy() for b in make_dataset(x, t, 10, seed=seed, epochs=range(3), views=train_views)]
+
+    scratch, distilled = images(11, False), images(11, True)
+    for a, b in zip(scratch, distilled, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(scratch, images(12, False)))  # another repeat differs
+    # the view of a sample in an epoch is views.choice(seed, epoch)[i]: a pure function
+    np.testing.assert_array_equal(views.choice(11, 2, 50, 4).numpy()[:len(y)], views.choice(11, 2, len(y), 4).numpy())
+
+
+def test_a_cache_of_other_views_is_refused(tmp_path):
+    data = binary_data()
+    teacher = exact_teacher(data.input_shape, data.num_classes)
+    drawn = training_views(validate(minimal_params(views={"count": 4, "shift": 1})), data)
+    path = tmp_path / "logits.npz"
+    soft_targets.save(soft_targets.compute(teacher, data, views=drawn), data, path)
+    assert soft_targets.load(data, drawn, path=path)["train"].shape[1] == 4
+    for other in ({"count": 4, "shift": 2}, {"count": 3, "shift": 1}):
+        with pytest.raises(KdflowError, match="computed for other views .*rerun `dvc repro soft_targets`"):
+            soft_targets.load(data, training_views(validate(minimal_params(views=other)), data), path=path)
+    with pytest.raises(KdflowError, match=r"train logits have shape \(\d+, 4, 3\), expected \(\d+, 3\)"):
+        soft_targets.load(data, None, path=path)  # views.count: 0 with a cache of views
+
+
+
+def test_a_top_k_cache_keeps_the_top_probabilities_and_spreads_the_rest(tmp_path):
+    from scipy.special import softmax
+
+    from kdflow.soft_targets import TOP_K_KEYS, full_logits, top_k_form
+
+    logits = (np.random.default_rng(2).normal(size=(5, 3, 10)) * 3).astype(np.float32)
+    form = top_k_form(logits, 3)
+    p = softmax(logits.astype(np.float64), axis=-1)
+    q = softmax(full_logits(*(form[k] for k in TOP_K_KEYS), 10), axis=-1)
+    top = np.argsort(-logits, axis=-1)[..., :3]
+    np.testing.assert_allclose(np.take_along_axis(q, top, -1), np.take_along_axis(p, top, -1), rtol=1e-5)
+    rest = q.copy()
+    np.put_along_axis(rest, top, np.nan, axis=-1)
+    rest = rest[~np.isnan(rest)].reshape(5, 3, 7)
+    np.testing.assert_allclose(rest, rest[..., :1].repeat(7, -1), rtol=1e-5)  # spread evenly
+    np.testing.assert_allclose(rest.sum(-1), 1 - np.take_along_axis(p, top, -1).sum(-1), rtol=1e-4)
+
+    # through the stage's compute / save / load: stored as the top k, read back as full logits
+    data = binary_data()
+    drawn = training_views(validate(minimal_params(views={"count": 4, "shift": 1, "top_k": 2})), data)
+    teacher = exact_teacher(data.input_shape, data.num_classes)
+    cache = soft_targets.compute(teacher, data, views=drawn, top_k=2)
+    assert "train" not in cache and cache["train_top_values"].shape[-1] == 2
+    soft_targets.save(cache, data, tmp_path / "logits.npz")
+    loaded = soft_targets.load(data, drawn, path=tmp_path / "logits.npz")["train"]
+    full = soft_targets.compute(teacher, data, views=drawn)["train"]
+    assert loaded.shape == full.shape
+    np.testing.assert_array_equal(loaded.argmax(-1), full.argmax(-1))
