@@ -124,21 +124,23 @@ class ViewsParams(StrictSection):
 
 
 class TrainParams(StrictSection):
-    """How a model trains (Adam, cosine decay, early stopping). The defaults are the students'."""
+    """How a model trains (Adam, cosine decay, early stopping). The defaults are the students':
+    a long schedule without early stopping, chosen on validation (docs/results.md)."""
 
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(3e-3, gt=0, le=10)
     # CosineDecay's `alpha`: the final learning rate as a fraction of the initial one.
     lr_floor: float = Field(0.1, ge=0, le=1)
     amsgrad: bool = True
     # Epochs without val-loss improvement before stopping (best weights restored); null = off.
-    patience: Optional[int] = Field(5, ge=1)
+    patience: Optional[int] = Field(None, ge=1)
 
 
 class TeacherTrainParams(TrainParams):
     epochs: int = Field(15, ge=1)
     learning_rate: float = Field(1e-3, gt=0, le=10)
+    patience: Optional[int] = Field(5, ge=1)
     # Label smoothing of the teacher's targets (Szegedy et al. 2016); it softens the teacher's
     # outputs, and with them the students' soft targets. Students always train on plain labels.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -204,8 +206,8 @@ class Params(StrictSection):
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
     repeats: int = Field(5, ge=1, le=100)
     # Knowledge distillation: loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
-    alpha: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(4.0, gt=0, le=1000)
+    alpha: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0, le=1000)
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     student: ModelParams = ModelParams()

@@ -63,7 +63,8 @@ def _experiment(name: str, data: dict) -> Experiment | None:
 
 
 def experiments(show: list[dict]) -> list[Experiment]:
-    """The baseline commit's results and every finished experiment of `dvc exp show --json`."""
+    """The baseline commit's results and every finished experiment of `dvc exp show --json`
+    (queued, running and failed ones are left out)."""
     found = []
     for base in show:
         if base["rev"] == "workspace":
@@ -72,7 +73,11 @@ def experiments(show: list[dict]) -> list[Experiment]:
             found.append(baseline)
         for exp in base.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                if rev.get("data") and (e := _experiment(rev.get("name") or rev["rev"][:7], rev["data"])):
+                # A queued or running experiment has no commit time yet; a running one shows
+                # the metrics of whatever its stages wrote so far.
+                if rev.get("error") or not (rev.get("data") or {}).get("timestamp"):
+                    continue
+                if (e := _experiment(rev.get("name") or rev["rev"][:7], rev["data"])) is not None:
                     found.append(e)
     return found
 

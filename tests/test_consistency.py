@@ -36,10 +36,19 @@ def leaf_keys(tree: dict, prefix: str = "") -> set[str]:
 
 # ---- params.yaml vs the schema ---------------------------------------------------------------
 
+def dumped(params: Params) -> dict:
+    """The params as a tree; the optional architecture sections (`spec`, `resnet`) only when given
+    (a null *value*, such as `patience: null`, is a setting and stays)."""
+    def prune(tree):
+        return {k: prune(v) if isinstance(v, dict) else v for k, v in tree.items()
+                if not (k in ("spec", "resnet") and v is None)}
+    return prune(params.model_dump())
+
+
 def schema_disagreements(raw: dict) -> list[str]:
     """Keys where a params mapping differs from the schema's defaults, or that one of them lacks."""
-    defaults = Params().model_dump(exclude_none=True)
-    given = Params.model_validate(raw).model_dump(exclude_none=True)
+    defaults = dumped(Params())
+    given = dumped(Params.model_validate(raw))
     problems = sorted(leaf_keys(defaults) ^ leaf_keys(raw))
     flat_defaults, flat_given = _flat(defaults), _flat(given)
     problems += [f"{k}: {flat_given[k]!r} != default {flat_defaults[k]!r}" for k in sorted(flat_defaults)
@@ -192,7 +201,7 @@ def documented_defaults(text: str) -> dict[str, str]:
 def schema_defaults() -> dict[str, str]:
     from kdflow.architectures import ArchSpec, ResNetSpec
 
-    flat = _flat(Params().model_dump(exclude_none=True))
+    flat = _flat(dumped(Params()))
     flat.update(_flat({"spec": ArchSpec().model_dump(), "resnet": ResNetSpec().model_dump()}))
     return {key: yaml_text(value) for key, value in flat.items()}
 
