@@ -97,6 +97,8 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
         "",
         f"**Which to use on this data**: {recommendation(m)}",
         "",
+        *(["`views.count` is 0: no student is augmented, so the scratch and the plain students are the "
+           "same and augmentation shows no effect.", ""] if params.views.count == 0 else []),
         f"Paired comparisons over {m['kd_gain']['pairs']} seeds (points of test accuracy, 95% CI):",
         "",
         "| comparison | gain |",

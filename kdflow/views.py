@@ -45,14 +45,14 @@ def for_training(seed: int, count_images: int, cfg: ViewsParams, image_shape: tu
     return Views(table(seed, count_images, cfg, image_shape), cfg.shift)
 
 
-def table(seed: int, count: int, cfg: ViewsParams, image_shape: tuple[int, ...]) -> np.ndarray:
+def table(seed: int, count_images: int, cfg: ViewsParams, image_shape: tuple[int, ...]) -> np.ndarray:
     """int32 [count_images, cfg.count, 3]: (dy, dx, flip) of every view of every image. Row i
     depends only on (seed, i, view index): stateless draws fill the table in row-major order."""
     height, width = image_shape[:2]
     if 2 * cfg.shift >= min(height, width):
         raise KdflowError(f"views.shift = {cfg.shift}: must be less than half the image size "
                           f"({height}x{width})")
-    shape = (count, cfg.count)
+    shape = (count_images, cfg.count)
     shifts = tf.random.stateless_uniform((*shape, 2), seed=(seed, _TABLE_STREAM), minval=-cfg.shift,
                                          maxval=cfg.shift + 1, dtype=tf.int32)
     flips = tf.random.stateless_uniform((*shape, 1), seed=(seed, _FLIP_STREAM), minval=0,
