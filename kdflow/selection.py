@@ -19,10 +19,11 @@ import subprocess
 from dataclasses import dataclass
 
 from kdflow.errors import KdflowError
+from kdflow.paths import MODEL_ROLES, metrics_file
 
-# role -> the metrics file of the stage that trains it
-STUDENT_METRICS = {"distilled": "metrics/distill.json", "scratch": "metrics/train_scratch.json",
-                   "plain": "metrics/train_plain.json"}
+# role -> the metrics file of the stage that trains it (as `dvc exp show` names it)
+STUDENT_METRICS = {role: str(metrics_file(MODEL_ROLES[f"student_{role}"]))
+                   for role in ("distilled", "scratch", "plain")}
 
 
 @dataclass
@@ -58,7 +59,7 @@ def _experiment(name: str, data: dict) -> Experiment | None:
                       if key.startswith("repeat_")] for role, path in STUDENT_METRICS.items()}
     except KeyError:
         return None  # a failed or unfinished experiment
-    evaluate = (metrics.get("metrics/evaluate.json") or {}).get("data") or {}
+    evaluate = (metrics.get(str(metrics_file("evaluate"))) or {}).get("data") or {}
     return Experiment(name, _flat(data["params"]["params.yaml"]["data"]), val, evaluate.get("kd_gain"))
 
 
@@ -92,7 +93,8 @@ def table(found: list[Experiment], by: str = "kd") -> str:
     lines = ["| experiment | changed params | val distilled | val scratch (views) | val plain "
              "| val KD gain [95% CI] | test KD gain (not used to rank) |", "|---|---|---|---|---|---|---|"]
     for e in sorted(found, key=key, reverse=True):
-        changed = ", ".join(f"`{k}={v}`" for k, v in e.params.items() if baseline.get(k) != v) or "(baseline)"
+        changed = ", ".join(f"`{k}={'null' if v is None else v}`" for k, v in e.params.items()
+                            if baseline.get(k) != v) or "(baseline)"
         gain = e.val_gain("distilled", "scratch")
         ci = "" if gain["ci95_low"] is None else f" [{gain['ci95_low'] * 100:+.2f}, {gain['ci95_high'] * 100:+.2f}]"
         test = "—" if not e.test_kd_gain else f"{e.test_kd_gain['mean'] * 100:+.2f}"
