@@ -1,6 +1,8 @@
 """The `evaluate` stage's work: the teacher and the three kinds of students on the test split,
 and the three paired comparisons between the students: distillation beyond augmentation
 (``kd_gain``, the headline), augmentation alone (``augment_gain``), both (``combined_gain``).
+Each model also gets its validation accuracy (the teacher check) and a temperature fitted on
+the validation split (kdflow.calibration), with test NLL and ECE before and after it.
 
 Returns three things kept apart on purpose: ``metrics`` (reproducible bit for bit, goes to
 metrics/evaluate.json), ``latency`` (wall-clock, varies run to run: timings/, never a DVC
@@ -15,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from kdflow import artifacts
+from kdflow.calibration import fit_temperature
 from kdflow.paths import model_file, repeat_file
 from kdflow.data import Prepared
 from kdflow.evaluation import (
-    evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats,
+    evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats, teacher_check,
 )
 
 ROLES = ("teacher", "student_distilled", "student_scratch", "student_plain")
@@ -42,25 +45,38 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
 
 
-def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: bool = True) -> Comparison:
+def _evaluate(model, data: Prepared, teacher_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Test metrics of one model (calibrated with the temperature its validation logits give)
+    and its test logits."""
+    x_val, y_val = data.xy("val")
+    val_logits = predict_logits(model, x_val)
     x, y = data.xy("test")
-    names = data.class_names
+    logits = predict_logits(model, x)
+    result = evaluate_logits(logits, y, data.class_names, teacher_logits, fit_temperature(val_logits, y_val))
+    result["val_accuracy"] = round(float(np.mean(val_logits.argmax(axis=1) == y_val)), 6)
+    return result, logits
+
+
+def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: bool = True) -> Comparison:
+    """``data`` holds the val and test splits."""
+    x, y = data.xy("test")
     teacher = artifacts.load_role("teacher", safe_mode=teacher_safe_mode)
-    teacher_logits = predict_logits(teacher, x)
-    metrics = {"teacher": summarize_repeats([evaluate_logits(teacher_logits, y, names)])}
+    teacher_result, teacher_logits = _evaluate(teacher, data)
+    metrics = {"teacher": summarize_repeats([teacher_result])}
     models = {"teacher": teacher}
     predictions = {"teacher": teacher_logits}
     files = {"teacher": model_file("teacher")}
-    accuracies = {}
+    accuracies, val_accuracies = {}, {}
     for role in ROLES[1:]:
         per_repeat = []
         for i, student in enumerate(artifacts.load_students(role)):
-            logits = predict_logits(student, x)
-            per_repeat.append(evaluate_logits(logits, y, names, teacher_logits))
+            result, logits = _evaluate(student, data, teacher_logits)
+            per_repeat.append(result)
             if i == 0:  # repeat 0 is the model that ships: the one plotted and timed
                 models[role], predictions[role] = student, logits
         metrics[role] = summarize_repeats(per_repeat)
         accuracies[role] = [m["accuracy"] for m in per_repeat]
+        val_accuracies[role] = [m["val_accuracy"] for m in per_repeat]
         files[role] = repeat_file(role, 0)
     for role in ROLES:
         metrics[role]["params"] = int(models[role].count_params())
@@ -68,6 +84,7 @@ def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: boo
 
     for name, (better, baseline) in GAINS.items():
         metrics[name] = paired_gain(accuracies[better], accuracies[baseline])
+    metrics["teacher_check"] = teacher_check(teacher_result["val_accuracy"], val_accuracies["student_scratch"])
     metrics["gap_closed"] = gap_closed(metrics["kd_gain"]["mean"], metrics["teacher"]["accuracy"],
                                        accuracies["student_scratch"])
     student = metrics["student_distilled"]

@@ -57,9 +57,10 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE
 
 
 def evaluate_logits(logits: np.ndarray, y: np.ndarray, class_names: list[str],
-                    teacher_logits: np.ndarray | None = None) -> dict:
+                    teacher_logits: np.ndarray | None = None, temperature: float | None = None) -> dict:
     """Accuracy, negative log-likelihood, ECE and per-class accuracy of logits on labels y;
-    with ``teacher_logits``, also the share of samples where the top-1 class matches the teacher's."""
+    with ``teacher_logits``, also the share of samples where the top-1 class matches the teacher's;
+    with ``temperature`` (kdflow.calibration), also NLL and ECE of the calibrated logits / T."""
     num_classes = len(class_names)
     probs = softmax(logits, axis=1)
     predicted = logits.argmax(axis=1)
@@ -73,6 +74,11 @@ def evaluate_logits(logits: np.ndarray, y: np.ndarray, class_names: list[str],
     }
     if teacher_logits is not None:
         result["teacher_agreement"] = _r(np.mean(predicted == teacher_logits.argmax(axis=1)))
+    if temperature is not None:
+        calibrated = softmax(logits / temperature, axis=1)
+        result.update(temperature=temperature,
+                      loss_calibrated=_r(log_loss(y, calibrated, labels=range(num_classes))),
+                      ece_calibrated=_r(expected_calibration_error(calibrated, y)))
     return result
 
 
@@ -85,7 +91,8 @@ def summarize_repeats(per_model: list[dict]) -> dict:
         "accuracy_std": _r(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
         "repeats": len(per_model),
     }
-    for key in ("loss", "ece", "teacher_agreement"):
+    for key in ("loss", "ece", "loss_calibrated", "ece_calibrated", "temperature", "teacher_agreement",
+                "val_accuracy"):
         if key in per_model[0]:
             summary[f"{key}_mean"] = _r(np.mean([m[key] for m in per_model]))
     return summary
@@ -142,3 +149,22 @@ def gap_size(teacher_accuracy: float, scratch_accuracies: list[float]) -> float 
     gap = teacher_accuracy - scratch.mean()
     noise = 2 * scratch.std(ddof=1) if len(scratch) > 1 else 0.0
     return float(gap) if gap > noise else None
+
+
+def teacher_check(teacher_val_accuracy: float, scratch_val_accuracies: list[float]) -> dict:
+    """Is the teacher clearly better than the student architecture alone, on the validation
+    split? "Clearly" = by more than twice the scratch students' std (the rule of ``gap_size``)."""
+    scratch = np.asarray(scratch_val_accuracies, dtype=np.float64)
+    return {"teacher_val_accuracy": _r(teacher_val_accuracy), "scratch_val_accuracy": _r(scratch.mean()),
+            "scratch_val_std": _r(scratch.std(ddof=1)) if len(scratch) > 1 else 0.0,
+            "teacher_clearly_better": gap_size(teacher_val_accuracy, scratch_val_accuracies) is not None}
+
+
+def teacher_warning(check: dict) -> str | None:
+    """The one plain line shown when the teacher is not clearly better (None when it is)."""
+    if check["teacher_clearly_better"]:
+        return None
+    return (f"teacher val accuracy {check['teacher_val_accuracy']:.3f} is not clearly above the scratch students' "
+            f"{check['scratch_val_accuracy']:.3f} ± {check['scratch_val_std']:.3f}: distillation may not help; "
+            "the recipe search (`python -m kdflow.search`) decides; a stronger teacher (teacher.arch, "
+            "train_teacher.epochs) or your own (teacher.source: file) is the other lever")

@@ -1,7 +1,10 @@
-"""Deployable forms of the distilled student: a TensorFlow SavedModel and TFLite flatbuffers,
-float32 and full-integer int8 (post-training quantization calibrated on training images, as in
-TensorFlow's post-training quantization guide), each run by the LiteRT interpreter
-(``ai-edge-litert``, which replaces TensorFlow's deprecated ``tf.lite.Interpreter``)."""
+"""Deployable forms of the distilled student: a `.keras` file, a TensorFlow SavedModel and TFLite
+flatbuffers, float32 and full-integer int8 (post-training quantization calibrated on training
+images, as in TensorFlow's post-training quantization guide), each run by the LiteRT interpreter
+(``ai-edge-litert``, which replaces TensorFlow's deprecated ``tf.lite.Interpreter``).
+
+Every form carries the temperature fitted on the validation split (kdflow.calibration) as its
+last layer, so its logits are the calibrated ones: softmax of them is the probability to trust."""
 
 from __future__ import annotations
 
@@ -97,14 +100,17 @@ class TfliteModel:
         return round(statistics.median(times), 4)
 
 
-def export_student(student, data, keras_file: Path, out_dir: Path, calibration_samples: int,
-                   seed: int) -> tuple[dict, dict]:
-    """Write ``out_dir``/saved_model, student_float32.tflite and student_int8.tflite; return
-    the reproducible metrics (test accuracy and size of each form) and, apart from them, the
+def export_student(student, data, out_dir: Path, calibration_samples: int, seed: int) -> tuple[dict, dict]:
+    """Write ``out_dir``/student.keras, saved_model, student_float32.tflite and
+    student_int8.tflite, all with the validation temperature folded in; return the reproducible
+    metrics (the temperature, test accuracy and size of each form) and, apart from them, the
     wall-clock latency of each TFLite form (ms), which varies from run to run."""
+    from kdflow.artifacts import save_model
+    from kdflow.calibration import fit_temperature, with_temperature
     from kdflow.evaluation import predict_logits
 
     x_train, _ = data.xy("train")
+    x_val, y_val = data.xy("val")
     x_test, y_test = data.xy("test")
     rng = np.random.default_rng(seed)
     calibration = x_train[rng.choice(len(x_train), min(calibration_samples, len(x_train)), replace=False)]
@@ -112,10 +118,15 @@ def export_student(student, data, keras_file: Path, out_dir: Path, calibration_s
     def accuracy(logits):
         return round(float(np.mean(logits.argmax(axis=1) == y_test)), 6)
 
-    metrics = {"keras": {"accuracy": accuracy(predict_logits(student, x_test)),
-                         "size_bytes": keras_file.stat().st_size}}
+    temperature = fit_temperature(predict_logits(student, x_val), y_val)
+    shipped = with_temperature(student, temperature)
+    save_model(out_dir / "student.keras", shipped)
+    metrics = {"temperature": temperature,
+               "keras": {"accuracy": accuracy(predict_logits(shipped, x_test)),
+                         "uncalibrated_accuracy": accuracy(predict_logits(student, x_test)),
+                         "size_bytes": (out_dir / "student.keras").stat().st_size}}
     latency = {"unit": "ms, median of single-sample TFLite interpreter calls (1 thread)"}
-    save_saved_model(student, out_dir / "saved_model")
+    save_saved_model(shipped, out_dir / "saved_model")
     for form, images in (("tflite_float32", None), ("tflite_int8", calibration)):
         content = to_tflite(out_dir / "saved_model", images)
         (out_dir / f"student_{form.split('_')[1]}.tflite").write_bytes(content)

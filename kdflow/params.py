@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 from kdflow.architectures import ARCHS, PRESETS, ArchSpec, ResNetSpec, StrictSection
 from kdflow.errors import KdflowError
 from kdflow.param_usage import LOG_ENV, recording
+from kdflow.paths import PARAMS_FILE
 
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 FILE_SOURCES = ("npz", "image_dir")  # read from data.path
@@ -254,7 +255,7 @@ def validate(raw: Any, source: str = "params.yaml") -> Params:
         raise KdflowError(f"{source}: {problems[0]}{more}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """params.yaml, validated. With KDFLOW_PARAMS_LOG set, a view that records the keys read
     (kdflow.param_usage)."""
     path = Path(path)

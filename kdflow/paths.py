@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PARAMS_FILE = Path("params.yaml")
 PREPARED_DIR = Path("data/prepared")
 PREPARED_DATA = PREPARED_DIR / "data.npz"
 PREPARED_META = PREPARED_DIR / "meta.json"
@@ -21,6 +22,7 @@ LIVE_DIR = Path("dvclive")  # dvclive curves (and evaluate's confusion plots), o
 RUNS_DIR = Path(".kdflow/runs")  # per-epoch training checkpoints (kdflow.resume)
 TIMINGS_DIR = Path("timings")    # wall-clock latency measured by export and evaluate
 LOGS_DIR = Path("logs")          # tracebacks of unexpected errors
+SELECTION_DIR = Path("selection")  # the recipe search's ranked table and plot (kdflow.search)
 
 # role -> the stage that writes it (named in "run `dvc repro <stage>`" messages)
 MODEL_ROLES = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kdflow.comparison import ROLES, Comparison
-from kdflow.evaluation import calibration_bins
+from kdflow.evaluation import calibration_bins, teacher_warning
 from kdflow.io import atomic_dir
 from kdflow.params import Params
 from kdflow.paths import REPORTS_DIR, live_dir
@@ -55,9 +55,11 @@ def _fmt_size(size: int) -> str:
 def deployment_markdown(export: dict) -> list[str]:
     """The `export` stage's forms of the distilled student (repeat 0), from metrics/export.json."""
     rows = [f"| {label} | {export[key]['accuracy']:.4f} | {_fmt_size(export[key]['size_bytes'])} |"
-            for key, label in (("keras", "Keras `.keras`"), ("tflite_float32", "TFLite float32"),
+            for key, label in (("keras", "Keras `student.keras`"), ("tflite_float32", "TFLite float32"),
                                ("tflite_int8", "TFLite int8 (full-integer)"))]
-    return ["**Deployment** (distilled student, repeat 0; `export/`):", "",
+    return ["**Deployment** (distilled student, repeat 0; `export/`): every form divides its logits by "
+            f"the temperature T = {export['temperature']:.3f} fitted on the validation split, so its "
+            "probabilities are the calibrated ones.", "",
             "| form | test accuracy | size |", "|---|---|---|", *rows, "",
             f"int8 accuracy drop vs Keras: {export['int8_accuracy_drop'] * 100:+.2f} points; "
             f"int8 file {export['int8_size_ratio']:.1f}× smaller than the `.keras` file.", ""]
@@ -70,11 +72,14 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
         r = m[role]
         acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if r["repeats"] > 1 else f"{r['accuracy']:.4f}"
         agreement = f"{r['teacher_agreement_mean']:.4f}" if "teacher_agreement_mean" in r else "—"
-        rows.append(f"| {TITLES[role]} | {acc} | {r['repeats']} | {r['loss_mean']:.4f} | {r['ece_mean']:.4f} | "
+        rows.append(f"| {TITLES[role]} | {acc} | {r['repeats']} | {r['loss_mean']:.4f} → {r['loss_calibrated_mean']:.4f} | "
+                    f"{r['ece_mean']:.4f} → {r['ece_calibrated_mean']:.4f} | {r['temperature']:.3f} | "
                     f"{agreement} | {r['params']:,} | {_fmt_size(r['size_bytes'])} |")
     gains = [f"| {GAIN_TITLES[name]} | {_gain_text(m[name])} |" for name in GAIN_TITLES]
-    gap = ("undefined: the teacher–scratch gap is within the noise (not above twice the scratch students' std)"
+    gap = ("undefined: the teacher–scratch gap on test is within the noise (not above twice the scratch students' "
+           "std), and a share of noise means nothing"
            if m["gap_closed"] is None else f"{m['gap_closed'] * 100:.0f}% of the teacher–scratch gap (views)")
+    warning = teacher_warning(m["teacher_check"])
     c = m["compression"]
     knobs = {
         "dataset": params.data.name, "teacher": params.teacher.arch, "student": params.student.arch,
@@ -86,13 +91,18 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
     lines = [
         "# kdflow summary",
         "",
-        "Test split. Students: mean ± std over paired repeats; NLL, ECE and agreement are means "
-        "over repeats; size and params are repeat 0's (the model that ships). CPU latency is "
-        "wall-clock and varies run to run, so it is not here: see timings/evaluate.json.",
+        *([f"> **Teacher check**: {warning}.", ""] if warning else []),
+        kd_verdict(m, params),
         "",
-        "| model | test accuracy | repeats | NLL | ECE (15 bins) | top-1 agreement with teacher | params "
+        "Test split. Students: mean ± std over paired repeats; NLL, ECE and agreement are means "
+        "over repeats; size, params and the temperature T are repeat 0's (the model that ships). "
+        "NLL and ECE are shown before → after temperature scaling (T fitted on the validation split; "
+        "accuracy does not change). CPU latency is wall-clock and varies run to run, so it is not "
+        "here: see timings/evaluate.json.",
+        "",
+        "| model | test accuracy | repeats | NLL | ECE (15 bins) | T | top-1 agreement with teacher | params "
         "| size |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"**Which to use on this data**: {recommendation(m)}",
@@ -133,6 +143,31 @@ def _shows(gain: dict) -> str:
     return "up" if gain["ci95_low"] > 0 else "down" if gain["ci95_high"] < 0 else "none"
 
 
+def kd_verdict(m: dict, params: Params) -> str:
+    """One sentence: did distillation help, have no demonstrated effect, or hurt, and why when
+    the reason is known."""
+    gain = m["kd_gain"]
+    text = f"{_gain_text(gain)} points of test accuracy over the scratch students on the same views"
+    reasons = []
+    if params.alpha == 1.0 and not params.distill.needs_teacher_features:
+        reasons.append("alpha = 1: the students had no weight on the teacher's outputs (the recipe search "
+                       "chose no distillation when no recipe beat the scratch students on validation)")
+    if not m["teacher_check"]["teacher_clearly_better"]:
+        reasons.append("the teacher is not clearly better than the scratch students on validation")
+    if gain["ci95_low"] is None:
+        reasons.append("one repeat gives no confidence interval: set `repeats` to 3 or more")
+    elif gain["pairs"] < 5 and _shows(gain) == "none":
+        reasons.append(f"{gain['pairs']} repeats are too few for a conclusion: more `repeats` narrow the interval")
+    because = f": {'; '.join(reasons)}" if reasons else ""
+    shows = _shows(gain)
+    if shows == "up":
+        return f"Distillation **helped**: {text}."
+    if shows == "down":
+        return (f"Distillation **hurt**: {text}{because or ': this recipe does not suit this data'}; "
+                "`python -m kdflow.search` chooses one on validation.")
+    return f"Distillation had **no demonstrated effect**: {text}{because}."
+
+
 def recommendation(m: dict) -> str:
     """The plain answer to "distill, augment, or both?" from the three paired comparisons."""
     kd, augment, both = (_shows(m[name]) for name in ("kd_gain", "augment_gain", "combined_gain"))
@@ -153,26 +188,31 @@ def recommendation(m: dict) -> str:
 
 
 def _reliability_figure(comparison: Comparison, path: Path) -> None:
+    """Before (left) and after (right) temperature scaling, every model's repeat 0."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
     from scipy.special import softmax
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    for role in ROLES:
-        bins = [b for b in calibration_bins(softmax(comparison.predictions[role], axis=1), comparison.labels)
-                if b["count"]]
-        ece = comparison.metrics[role]["ece"]
-        line, = ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
-                        label=f"{TITLES[role]} (ECE {ece:.3f})")
-        # Marker area grows with the bin's sample count: sparse low-confidence bins are noisy.
-        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=line.get_color(),
-                   s=[12 + 120 * np.sqrt(b["count"] / len(comparison.labels)) * 4 for b in bins], zorder=3)
-    ax.set(xlabel="confidence (top-1 probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability diagram (test split, repeat 0)\nmarker area ~ samples in the bin")
-    ax.legend(loc="upper left")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
+    for ax, calibrated in zip(axes, (False, True)):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        for role in ROLES:
+            r = comparison.metrics[role]
+            logits = comparison.predictions[role] / (r["temperature"] if calibrated else 1.0)
+            bins = [b for b in calibration_bins(softmax(logits, axis=1), comparison.labels) if b["count"]]
+            ece = r["ece_calibrated"] if calibrated else r["ece"]
+            line, = ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+                            label=f"{TITLES[role]} (ECE {ece:.3f})")
+            # Marker area grows with the bin's sample count: sparse low-confidence bins are noisy.
+            ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=line.get_color(),
+                       s=[12 + 120 * np.sqrt(b["count"] / len(comparison.labels)) * 4 for b in bins], zorder=3)
+        title = "after temperature scaling (T from validation)" if calibrated else "as trained"
+        ax.set(xlabel="confidence (top-1 probability)", xlim=(0, 1), ylim=(0, 1), title=title)
+        ax.legend(loc="upper left", fontsize="small")
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle("Reliability diagram (test split, repeat 0); marker area ~ samples in the bin")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,8 +5,15 @@ for each, the per-repeat validation accuracies that `distill`, `train_scratch` a
 `train_plain` write. The paired validation gains use the same seeds as the test ones in
 metrics/evaluate.json; the test gain is shown beside them for the record, never used to rank.
 
-    python -m kdflow.selection            # markdown table, best validation KD gain first
+Recipes are ranked by the **lower bound** of the 95% CI of the paired validation KD gain (then
+by its mean): with a few repeats on a few hundred validation images the means of the best
+recipes differ by noise, and the bound prefers a gain the repeats can tell from it. No
+distillation (alpha = 1) trains exactly the scratch students, so its gain is 0 with the
+interval [0, 0]: a recipe must show a gain above zero to rank above it.
+
+    python -m kdflow.selection            # markdown table, best first
     python -m kdflow.selection --by scratch   # rank by the scratch students on the views instead
+    python -m kdflow.search               # run a grid of recipes first, then rank and apply the best
 
 Written here because DVC shows the metrics of each experiment but not paired statistics over them.
 """
@@ -32,6 +39,8 @@ class Experiment:
     params: dict      # flattened params.yaml
     val: dict         # role -> per-repeat validation accuracies
     test_kd_gain: dict | None
+    teacher_check: dict | None = None
+    baseline: bool = False  # the commit the experiments branch from, not an experiment
 
     def val_gain(self, better: str, baseline: str) -> dict:
         from kdflow.evaluation import paired_gain  # loads TensorFlow: after run_stage quietened it
@@ -40,6 +49,18 @@ class Experiment:
 
     def val_mean(self, role: str) -> float:
         return sum(self.val[role]) / len(self.val[role])
+
+    def kd_rank(self) -> tuple[float, float]:
+        """Best first when sorted in reverse: the CI's lower bound (the mean with one repeat), then the mean."""
+        gain = self.val_gain("distilled", "scratch")
+        return (gain["mean"] if gain["ci95_low"] is None else gain["ci95_low"]), gain["mean"]
+
+
+def ranked(found: list[Experiment], by: str = "kd") -> list[Experiment]:
+    """``by="kd"``: by the paired validation gain of the distilled over the scratch students
+    (``Experiment.kd_rank``); ``by="scratch"``: by the scratch students' validation accuracy."""
+    key = Experiment.kd_rank if by == "kd" else (lambda e: e.val_mean("scratch"))
+    return sorted(found, key=key, reverse=True)  # stable: ties keep the given order
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -52,7 +73,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _experiment(name: str, data: dict) -> Experiment | None:
+def _experiment(name: str, data: dict, baseline: bool = False) -> Experiment | None:
     metrics = data.get("metrics") or {}
     try:
         val = {role: [r["val_accuracy"] for key, r in sorted(metrics[path]["data"].items())
@@ -60,7 +81,8 @@ def _experiment(name: str, data: dict) -> Experiment | None:
     except KeyError:
         return None  # a failed or unfinished experiment
     evaluate = (metrics.get(str(metrics_file("evaluate"))) or {}).get("data") or {}
-    return Experiment(name, _flat(data["params"]["params.yaml"]["data"]), val, evaluate.get("kd_gain"))
+    return Experiment(name, _flat(data["params"]["params.yaml"]["data"]), val, evaluate.get("kd_gain"),
+                      evaluate.get("teacher_check"), baseline)
 
 
 def experiments(show: list[dict]) -> list[Experiment]:
@@ -70,7 +92,7 @@ def experiments(show: list[dict]) -> list[Experiment]:
     for base in show:
         if base["rev"] == "workspace":
             continue
-        if (baseline := _experiment(base.get("name") or base["rev"][:7], base["data"])) is not None:
+        if (baseline := _experiment(base.get("name") or base["rev"][:7], base["data"], baseline=True)) is not None:
             found.append(baseline)
         for exp in base.get("experiments") or []:
             for rev in exp.get("revs") or []:
@@ -89,10 +111,9 @@ def table(found: list[Experiment], by: str = "kd") -> str:
     if not found:
         raise KdflowError("no finished experiments: run some with `dvc exp run --queue -S ...` and `dvc queue start`")
     baseline = found[0].params
-    key = (lambda e: e.val_gain("distilled", "scratch")["mean"]) if by == "kd" else (lambda e: e.val_mean("scratch"))
     lines = ["| experiment | changed params | val distilled | val scratch (views) | val plain "
              "| val KD gain [95% CI] | test KD gain (not used to rank) |", "|---|---|---|---|---|---|---|"]
-    for e in sorted(found, key=key, reverse=True):
+    for e in ranked(found, by):
         changed = ", ".join(f"`{k}={'null' if v is None else v}`" for k, v in e.params.items()
                             if baseline.get(k) != v) or "(baseline)"
         gain = e.val_gain("distilled", "scratch")
@@ -103,14 +124,19 @@ def table(found: list[Experiment], by: str = "kd") -> str:
     return "\n".join(lines)
 
 
+def exp_show() -> list[dict]:
+    """`dvc exp show --json` of the project in the current directory."""
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise KdflowError(f"`dvc exp show --json` failed: {shown.stderr.strip().splitlines()[-1:]}")
+    return json.loads(shown.stdout)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--by", choices=("kd", "scratch"), default="kd")
     args = parser.parse_args(argv)
-    shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
-    if shown.returncode != 0:
-        raise KdflowError(f"`dvc exp show --json` failed: {shown.stderr.strip().splitlines()[-1:]}")
-    print(table(experiments(json.loads(shown.stdout)), args.by))
+    print(table(experiments(exp_show()), args.by))
 
 
 if __name__ == "__main__":

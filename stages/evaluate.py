@@ -1,7 +1,8 @@
 """Stage `evaluate`: the teacher and every repeat of the three students on the test split.
 
-Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE, per-class accuracy, teacher
-agreement, size, the three paired gains with their 95% CIs, gap closed, compression), the DVC
+Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE before and after temperature
+scaling fitted on the validation split, per-class accuracy, teacher agreement, size, the teacher
+check on validation, the three paired gains with their 95% CIs, gap closed, compression), the DVC
 confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export stage's
 deployment numbers, figures). CPU latency is wall-clock: timings/evaluate.json, not tracked.
 """
@@ -15,13 +16,16 @@ def main() -> None:
     from kdflow import repro
     from kdflow.comparison import GAINS, ROLES, compare
     from kdflow.data import load_prepared
+    from kdflow.evaluation import teacher_warning
     from kdflow.io import read_json, write_json
     from kdflow.paths import metrics_file, timings_file
-    from kdflow.report import recommendation, write_confusion_plots, write_report
+    from kdflow.report import kd_verdict, recommendation, write_confusion_plots, write_report
 
     repro.make_deterministic(params.seed)
-    data = load_prepared(("test",))
+    data = load_prepared(("val", "test"))
     result = compare(data, teacher_safe_mode=params.teacher.safe_mode)
+    if warning := teacher_warning(result.metrics["teacher_check"]):
+        print(f"evaluate: WARNING: {warning}")
     write_confusion_plots(result, data.class_names)
     deployment = read_json(metrics_file("export"), produced_by="export")
     write_report(result, params, data.class_names, deployment)
@@ -31,13 +35,14 @@ def main() -> None:
     for role in ROLES:
         r = result.metrics[role]
         print(f"evaluate: {role:18s} test accuracy {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
-              f"(n={r['repeats']})  ECE {r['ece_mean']:.4f}  params {r['params']}  "
+              f"(n={r['repeats']})  ECE {r['ece_mean']:.4f} -> {r['ece_calibrated_mean']:.4f} calibrated  params {r['params']}  "
               f"latency {result.latency[role]['batch_1']:.3f} ms (1 sample)")
     for name in GAINS:
         gain = result.metrics[name]
         ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
         print(f"evaluate: {name} {gain['mean']:+.4f}{ci}")
     print(f"evaluate: gap closed {result.metrics['gap_closed']}; report in reports/summary.md")
+    print("evaluate: " + kd_verdict(result.metrics, params).replace("**", ""))
     print("evaluate: which to use: " + recommendation(result.metrics).replace("**", ""))
 
 

@@ -1,8 +1,9 @@
-"""Stage `export`: the distilled student (repeat 0) as SavedModel and TFLite float32 / int8.
+"""Stage `export`: the distilled student (repeat 0), calibrated by a temperature fitted on the
+validation split, as `.keras`, SavedModel and TFLite float32 / int8.
 
-Writes export/ (saved_model/, student_float32.tflite, student_int8.tflite) and
-metrics/export.json (test accuracy and size of each form, the int8 accuracy drop). The TFLite
-latency is wall-clock, so it goes to timings/export.json, which DVC does not track.
+Writes export/ (student.keras, saved_model/, student_float32.tflite, student_int8.tflite) and
+metrics/export.json (the temperature, test accuracy and size of each form, the int8 accuracy
+drop). The TFLite latency is wall-clock, so it goes to timings/export.json, which DVC does not track.
 """
 
 from kdflow.params import load_params
@@ -15,16 +16,16 @@ def main() -> None:
     from kdflow.data import load_prepared
     from kdflow.export import export_student
     from kdflow.io import atomic_dir, write_json
-    from kdflow.paths import EXPORT_DIR, metrics_file, model_file, timings_file
+    from kdflow.paths import EXPORT_DIR, metrics_file, timings_file
 
     repro.make_deterministic(params.seed)
-    data = load_prepared(("train", "test"))
+    data = load_prepared(("train", "val", "test"))
     student = artifacts.load_role("student_distilled")
     with atomic_dir(EXPORT_DIR) as staging:
-        metrics, latency = export_student(student, data, model_file("student_distilled"), staging,
-                                          params.export.calibration_samples, params.seed)
+        metrics, latency = export_student(student, data, staging, params.export.calibration_samples, params.seed)
     write_json(metrics_file("export"), metrics)
     write_json(timings_file("export"), latency)
+    print(f"export: temperature {metrics['temperature']:.3f} (fitted on the validation split) folded into every form")
     for form in ("tflite_float32", "tflite_int8"):
         print(f"export: {form}: test accuracy {metrics[form]['accuracy']:.4f}, "
               f"{metrics[form]['size_bytes'] / 1024:.1f} KiB, {latency[form]:.3f} ms per sample")

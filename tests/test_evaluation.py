@@ -106,3 +106,100 @@ def test_the_report_answers_distill_augment_or_both_from_the_three_paired_cis(kd
 
     m = {"kd_gain": _gain(*kd), "augment_gain": _gain(*augment), "combined_gain": _gain(*both)}
     assert recommendation(m).startswith(answer)
+
+
+def test_temperature_scaling_recovers_the_temperature_and_never_changes_accuracy():
+    from kdflow.calibration import fit_temperature, nll
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, size=(4000, 5))
+    y = np.array([rng.choice(5, p=p) for p in softmax(true_logits, axis=1)])  # calibrated by construction
+    overconfident = 3.0 * true_logits
+    temperature = fit_temperature(overconfident, y)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    assert nll(overconfident, y, temperature) < nll(overconfident, y)
+    names = list("abcde")
+    before = evaluate_logits(overconfident, y, names)
+    after = evaluate_logits(overconfident, y, names, temperature=temperature)
+    assert after["temperature"] == temperature
+    assert after["loss_calibrated"] < before["loss"] and after["ece_calibrated"] < before["ece"] / 2
+    # Dividing by any T > 0 keeps every prediction, so the accuracy is the same (the exported
+    # forms check it on a real model, tests/test_export.py).
+    for t in (0.02, 0.5, temperature, 50.0):
+        assert np.array_equal((overconfident / t).argmax(axis=1), overconfident.argmax(axis=1))
+    assert after["accuracy"] == before["accuracy"]
+
+
+def test_the_teacher_check_rule_and_its_line():
+    from kdflow.evaluation import teacher_check, teacher_warning
+
+    weak = teacher_check(0.950, [0.958, 0.96, 0.955])
+    assert not weak["teacher_clearly_better"]
+    line = teacher_warning(weak)
+    assert line.startswith("teacher val accuracy 0.950 is not clearly above the scratch students' 0.958")
+    assert "python -m kdflow.search" in line and "teacher.source: file" in line
+    assert teacher_check(0.962, [0.958, 0.96, 0.955])["teacher_clearly_better"] is False  # within 2 std
+    assert teacher_warning(teacher_check(0.976, [0.966, 0.962, 0.964])) is None
+
+
+def test_the_teacher_check_fires_on_a_weak_teacher_and_not_on_a_trained_one(in_tmp):
+    """Real models on disk, as the evaluate stage finds them: three scratch students (trained one
+    epoch), an untrained teacher, then a trained one."""
+    import shutil
+
+    from kdflow import artifacts, recipes
+    from kdflow.comparison import compare
+    from kdflow.models import build_model
+    from kdflow.params import Params
+    from kdflow.paths import model_file, repeats_dir
+    from kdflow.report import summary_markdown
+
+    data = make_prepared(n_per_class=30, num_classes=3)
+    raw = minimal_params(repeats=3)
+    raw["train_student"].update(epochs=1, learning_rate=0.001)
+    raw["train_teacher"]["epochs"] = 10
+    params = Params.model_validate(raw)
+    artifacts.save_students("student_scratch", recipes.train_students(params, data))
+    for role in ("student_distilled", "student_plain"):  # the same students stand in for the others
+        shutil.copytree(repeats_dir("student_scratch"), repeats_dir(role))
+
+    weak = build_model(params.teacher, data.input_shape, data.num_classes, name="teacher")  # untrained
+    artifacts.save_model(model_file("teacher"), weak)
+    comparison = compare(data, measure_latency=False)
+    check = comparison.metrics["teacher_check"]
+    assert not check["teacher_clearly_better"]
+    assert summary_markdown(comparison, params).splitlines()[2].startswith(
+        f"> **Teacher check**: teacher val accuracy {check['teacher_val_accuracy']:.3f} is not clearly above")
+
+    trained, _ = recipes.train_teacher(params, data)
+    artifacts.save_model(model_file("teacher"), trained)
+    comparison = compare(data, measure_latency=False)
+    assert comparison.metrics["teacher_check"]["teacher_clearly_better"]
+    assert "Teacher check" not in summary_markdown(comparison, params)
+    for role in ("teacher", "student_scratch"):
+        r = comparison.metrics[role]
+        assert r["temperature"] > 0 and {"loss_calibrated", "ece_calibrated"} <= set(r)
+
+
+@pytest.mark.parametrize("gain, alpha, teacher_better, pairs, words", [
+    ((0.002, 0.01), 0.1, True, 5, "Distillation **helped**: +0.60 [+0.20, +1.00] points"),
+    ((-0.03, -0.01), 0.1, False, 5, "Distillation **hurt**: -2.00 [-3.00, -1.00] points of test accuracy over the "
+                                    "scratch students on the same views: the teacher is not clearly better"),
+    ((-0.03, -0.01), 0.1, True, 5, "Distillation **hurt**: -2.00 [-3.00, -1.00] points of test accuracy over the "
+                                   "scratch students on the same views: this recipe does not suit this data"),
+    ((0.0, 0.0), 1.0, True, 5, "Distillation had **no demonstrated effect**: +0.00 [+0.00, +0.00] points of test "
+                               "accuracy over the scratch students on the same views: alpha = 1"),
+    ((-0.01, 0.01), 0.1, True, 3, "Distillation had **no demonstrated effect**: +0.00 [-1.00, +1.00] points of "
+                                  "test accuracy over the scratch students on the same views: 3 repeats are too few"),
+    ((None, None), 0.1, True, 1, "Distillation had **no demonstrated effect**: +0.00 points of test accuracy over "
+                                 "the scratch students on the same views: one repeat gives no confidence interval"),
+])
+def test_the_report_says_in_words_whether_distillation_helped_and_why_not(gain, alpha, teacher_better, pairs, words):
+    from kdflow.params import Params
+    from kdflow.report import kd_verdict
+
+    low, high = gain
+    m = {"kd_gain": {"mean": 0.0 if low is None else (low + high) / 2, "ci95_low": low, "ci95_high": high,
+                     "pairs": pairs},
+         "teacher_check": {"teacher_clearly_better": teacher_better}}
+    assert kd_verdict(m, Params.model_validate(minimal_params(alpha=alpha))).startswith(words)

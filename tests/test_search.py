@@ -1,0 +1,65 @@
+"""The recipe search's grid and its choice, on experiment records as `dvc exp show --json` gives
+them (the real queue, apply and resume run in tests/test_pipeline_dvc.py)."""
+
+import pytest
+
+from kdflow.errors import KdflowError
+from kdflow.search import NO_DISTILLATION, _same, parse_grid, recipes
+from kdflow.selection import experiments, ranked
+
+WORKSPACE = {"alpha": 0.1, "temperature": 2.0, "distill.method": "kd", "train_student.patience": None}
+
+
+def test_the_grid_always_holds_no_distillation_once_and_refuses_unknown_params():
+    grid = parse_grid(["alpha=0.5,1.0", "temperature=2,4"])
+    assert grid == {"alpha": [0.5, 1.0], "temperature": [2, 4]}
+    found = recipes(grid, WORKSPACE)
+    # alpha = 1 with kd ignores the temperature: one recipe for it, first, whatever the grid says.
+    assert found == [NO_DISTILLATION, {"alpha": 0.5, "temperature": 2}, {"alpha": 0.5, "temperature": 4}]
+    assert recipes({"temperature": [4]}, WORKSPACE) == [NO_DISTILLATION, {"temperature": 4}]
+    # With another method alpha = 1 still means "kd without the soft term": the scratch students.
+    assert recipes({"distill.method": ["dkd"]}, WORKSPACE)[0] == NO_DISTILLATION
+    with pytest.raises(KdflowError, match="-S alpah: no such param"):
+        recipes({"alpah": [0.5]}, WORKSPACE)
+    for bad in ("alpha", "alpha=", "=0.5"):
+        with pytest.raises(KdflowError, match="expected key=value"):
+            parse_grid([bad])
+
+
+def test_a_recipe_matches_an_experiment_whose_params_dvc_shows_without_nulls():
+    shown = {"alpha": 0.5, "temperature": 4.0, "distill.method": "kd"}  # patience: null left out
+    assert _same(shown, {"alpha": 0.5, "temperature": 4}, WORKSPACE)
+    assert not _same(shown, {"alpha": 0.5}, WORKSPACE)  # temperature differs from the workspace's
+
+
+def _rev(name, alpha, val_distilled, val_scratch, test_gain, timestamp="2026-11-24T10:00:00"):
+    def per_repeat(values):
+        return {"data": {f"repeat_{i}": {"val_accuracy": v} for i, v in enumerate(values)}}
+
+    metrics = {"metrics/distill.json": per_repeat(val_distilled), "metrics/train_scratch.json": per_repeat(val_scratch),
+               "metrics/train_plain.json": per_repeat(val_scratch),
+               "metrics/evaluate.json": {"data": {"kd_gain": {"mean": test_gain}}}}
+    return {"rev": name, "name": name,
+            "data": {"timestamp": timestamp, "params": {"params.yaml": {"data": {"alpha": alpha}}}, "metrics": metrics}}
+
+
+def test_the_choice_is_made_on_validation_even_where_test_disagrees():
+    scratch = [0.90, 0.91, 0.92, 0.90, 0.91]
+    show = [{"rev": "workspace", "data": {}},
+            {"rev": "abc1234", "name": "main", "data": _rev("main", 0.1, scratch, scratch, 0.0)["data"],
+             "experiments": [{"revs": [
+                 # Best on test (+3 points) but worse than scratch on validation:
+                 _rev("exp-test-best", 0.9, [0.89, 0.90, 0.91, 0.89, 0.90], scratch, 0.03),
+                 # A steady +1 point on validation, worse on test:
+                 _rev("exp-val-best", 0.5, [0.91, 0.92, 0.93, 0.91, 0.92], scratch, -0.01),
+                 # A larger mean on validation than exp-val-best, too noisy to tell from zero (lower bound -3.8):
+                 _rev("exp-noisy", 0.3, [0.96, 0.88, 0.97, 0.87, 0.93], scratch, 0.02),
+                 _rev("exp-no-kd", 1.0, scratch, scratch, 0.0),
+                 _rev("exp-queued", 0.7, [0.99] * 5, scratch, 0.05, timestamp=None),  # not finished: left out
+             ]}]}]
+    found = experiments(show)
+    assert [e.name for e in ranked(found)] == ["exp-val-best", "main", "exp-no-kd", "exp-test-best", "exp-noisy"]
+    assert next(e for e in found if e.name == "main").baseline
+    # With no recipe above zero on validation, no distillation (a gain of exactly 0) is chosen.
+    without_best = [e for e in found if e.name not in ("exp-val-best", "main")]
+    assert ranked(without_best)[0].name == "exp-no-kd"
