@@ -150,21 +150,3 @@ def gap_size(teacher_accuracy: float, scratch_accuracies: list[float]) -> float 
     noise = 2 * scratch.std(ddof=1) if len(scratch) > 1 else 0.0
     return float(gap) if gap > noise else None
 
-
-def teacher_check(teacher_val_accuracy: float, scratch_val_accuracies: list[float]) -> dict:
-    """Is the teacher clearly better than the student architecture alone, on the validation
-    split? "Clearly" = by more than twice the scratch students' std (the rule of ``gap_size``)."""
-    scratch = np.asarray(scratch_val_accuracies, dtype=np.float64)
-    return {"teacher_val_accuracy": _r(teacher_val_accuracy), "scratch_val_accuracy": _r(scratch.mean()),
-            "scratch_val_std": _r(scratch.std(ddof=1)) if len(scratch) > 1 else 0.0,
-            "teacher_clearly_better": gap_size(teacher_val_accuracy, scratch_val_accuracies) is not None}
-
-
-def teacher_warning(check: dict) -> str | None:
-    """The one plain line shown when the teacher is not clearly better (None when it is)."""
-    if check["teacher_clearly_better"]:
-        return None
-    return (f"teacher val accuracy {check['teacher_val_accuracy']:.3f} is not clearly above the scratch students' "
-            f"{check['scratch_val_accuracy']:.3f} ± {check['scratch_val_std']:.3f}: distillation may not help; "
-            "the recipe search (`python -m kdflow.search`) decides; a stronger teacher (teacher.arch, "
-            "train_teacher.epochs) or your own (teacher.source: file) is the other lever")

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from kdflow.comparison import ROLES, Comparison
-from kdflow.evaluation import calibration_bins, teacher_warning
+from kdflow.evaluation import calibration_bins
+from kdflow.teacher_check import warning as teacher_warning
 from kdflow.io import atomic_dir
 from kdflow.params import Params
 from kdflow.paths import REPORTS_DIR, live_dir
@@ -171,6 +172,11 @@ def kd_verdict(m: dict, params: Params) -> str:
 def recommendation(m: dict) -> str:
     """The plain answer to "distill, augment, or both?" from the three paired comparisons."""
     kd, augment, both = (_shows(m[name]) for name in ("kd_gain", "augment_gain", "combined_gain"))
+    if both == "down":
+        return ("**no views: train on the images as they are** (`views.count: 0`, or a smaller `views.shift`): on "
+                "this data the augmented views cost the student more than the teacher gives back (distilled on the "
+                "views vs plain: CI below zero)" + ("; distillation itself helps on the same views (KD gain CI "
+                "above zero), so try it without the views." if kd == "up" else "."))
     if kd == "up":
         return ("**distill on the augmented views**: the teacher adds accuracy beyond what augmentation "
                 "gives the same student (KD gain CI above zero).")
@@ -183,6 +189,9 @@ def recommendation(m: dict) -> str:
     if both == "up":
         return ("**distill on the augmented views**: together they beat the plain student (CI above zero), "
                 "though neither alone shows a gain that the repeats can tell from noise.")
+    if augment == "down":
+        return ("**no views: train on the images as they are** (`views.count: 0`, or a smaller `views.shift`): "
+                "the augmented views hurt the scratch students (CI below zero) and distillation shows no gain.")
     return ("**no demonstrated effect**: neither distillation nor augmentation beats the plain student beyond "
             "the noise of the repeats; more repeats (`repeats`) or another recipe may tell.")
 

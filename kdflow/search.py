@@ -27,6 +27,7 @@ from kdflow.errors import KdflowError
 from kdflow.params import load_params, validate
 from kdflow.paths import PARAMS_FILE, SELECTION_DIR
 from kdflow.selection import Experiment, _flat, exp_show, experiments, ranked, table
+from kdflow.teacher_check import warning as teacher_warning
 
 # The grid when no -S is given: the KD knobs that matter most (docs/methods.md). Views change
 # the scratch baseline too, so they are chosen on the scratch students first (docs/results.md).
@@ -115,8 +116,6 @@ def run(grid: dict[str, list], jobs: int) -> list[tuple[dict, Experiment | None]
         validate(_unflat({**workspace, **recipe}), source=f"-S {_label(recipe)}")
     show = exp_show()
     finished, waiting = experiments(show), pending(show)
-    from kdflow.evaluation import teacher_warning  # loads TensorFlow: after run_stage quietened it
-
     baseline = next((e for e in finished if e.baseline), None)
     if baseline and baseline.teacher_check and (warning := teacher_warning(baseline.teacher_check)):
         print(f"search: WARNING: {warning}")

@@ -16,10 +16,10 @@ def main() -> None:
     from kdflow import repro
     from kdflow.comparison import GAINS, ROLES, compare
     from kdflow.data import load_prepared
-    from kdflow.evaluation import teacher_warning
     from kdflow.io import read_json, write_json
     from kdflow.paths import metrics_file, timings_file
     from kdflow.report import kd_verdict, recommendation, write_confusion_plots, write_report
+    from kdflow.teacher_check import warning as teacher_warning
 
     repro.make_deterministic(params.seed)
     data = load_prepared(("val", "test"))

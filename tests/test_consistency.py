@@ -214,3 +214,17 @@ def test_a_stale_default_in_the_docs_is_caught():
     text = (ROOT / "docs/params.md").read_text().replace("| `repeats` | `5` |", "| `repeats` | `3` |")
     stale = documented_defaults(text)
     assert {k for k in stale if stale[k] != schema_defaults()[k]} == {"repeats"}
+
+
+def test_the_committed_run_keeps_its_teacher_check_and_calibration_results():
+    """metrics/ and reports/ come from a real `dvc repro` of the committed params: on the default
+    the teacher check stays silent, and the temperature fitted on validation lowers the test ECE
+    and NLL of the students that ship (the distilled ones); accuracy is untouched."""
+    evaluate = json.loads((ROOT / "metrics/evaluate.json").read_text())
+    assert evaluate["teacher_check"]["teacher_clearly_better"] is True
+    assert "Teacher check" not in (ROOT / "reports/summary.md").read_text()
+    distilled = evaluate["student_distilled"]
+    assert distilled["ece_calibrated_mean"] < distilled["ece_mean"]
+    assert distilled["loss_calibrated_mean"] < distilled["loss_mean"]
+    export = json.loads((ROOT / "metrics/export.json").read_text())
+    assert export["keras"]["accuracy"] == export["keras"]["uncalibrated_accuracy"] == distilled["accuracy"]

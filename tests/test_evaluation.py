@@ -100,6 +100,10 @@ def _gain(low, high):
     ((-0.005, 0.004), (0.01, 0.02), (0.01, 0.02), "**augment**: augmentation alone helps"),
     ((-0.001, 0.01), (-0.001, 0.01), (0.002, 0.01), "**distill on the augmented views**: together"),
     ((-0.01, 0.01), (-0.01, 0.01), (-0.01, 0.01), "**no demonstrated effect**"),
+    # 8x8 digits with 2-pixel shifts: the views cripple the scratch students, the teacher makes up
+    # most of it, the plain students are still best.
+    ((0.07, 0.14), (-0.18, -0.12), (-0.06, -0.03), "**no views: train on the images as they are**"),
+    ((-0.01, 0.01), (-0.05, -0.01), (-0.05, 0.01), "**no views: train on the images as they are**"),
 ])
 def test_the_report_answers_distill_augment_or_both_from_the_three_paired_cis(kd, augment, both, answer):
     from kdflow.report import recommendation
@@ -131,15 +135,17 @@ def test_temperature_scaling_recovers_the_temperature_and_never_changes_accuracy
 
 
 def test_the_teacher_check_rule_and_its_line():
-    from kdflow.evaluation import teacher_check, teacher_warning
+    from kdflow.teacher_check import check as teacher_check
+    from kdflow.teacher_check import warning as teacher_warning
 
     weak = teacher_check(0.950, [0.958, 0.96, 0.955])
     assert not weak["teacher_clearly_better"]
     line = teacher_warning(weak)
     assert line.startswith("teacher val accuracy 0.950 is not clearly above the scratch students' 0.958")
     assert "python -m kdflow.search" in line and "teacher.source: file" in line
-    assert teacher_check(0.962, [0.958, 0.96, 0.955])["teacher_clearly_better"] is False  # within 2 std
-    assert teacher_warning(teacher_check(0.976, [0.966, 0.962, 0.964])) is None
+    assert teacher_check(0.960, [0.958, 0.96, 0.955])["teacher_clearly_better"] is False  # within 1 std
+    # The committed default's numbers: 0.8 points above the scratch students' mean, 1.6 std.
+    assert teacher_warning(teacher_check(0.976, [0.966, 0.962, 0.972, 0.974, 0.964])) is None
 
 
 def test_the_teacher_check_fires_on_a_weak_teacher_and_not_on_a_trained_one(in_tmp):
