@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,21 +48,50 @@ def parse_grid(assignments: list[str]) -> dict[str, list]:
     return grid
 
 
+def is_kd_key(key: str) -> bool:
+    """A param that only the distilled students read (the rest also change the scratch students)."""
+    return key in ("alpha", "temperature") or key.split(".")[0] in ("distill", "dkd", "dist", "fitnet")
+
+
+def baseline_part(recipe: dict) -> dict:
+    """What a recipe sets for the scratch students too (views, schedule, student)."""
+    return {k: v for k, v in recipe.items() if not is_kd_key(k)}
+
+
 def recipes(grid: dict[str, list], workspace: dict) -> list[dict]:
-    """Every combination of the grid, as overrides of the workspace's params, with the recipe
-    without distillation first. Alpha = 1 with kd does not use the temperature: one such recipe."""
+    """Every combination of the grid, as overrides of the workspace's params, after one recipe
+    without distillation (alpha = 1, kd) for each setting of the grid's other axes. Alpha = 1
+    with kd uses neither the temperature nor a method's knobs: one such recipe per setting."""
     unknown = sorted(set(grid) - set(workspace))
     if unknown:
         raise KdflowError(f"-S {unknown[0]}: no such param in {PARAMS_FILE} (docs/params.md)")
-    found = [dict(NO_DISTILLATION)]
-    for values in itertools.product(*grid.values()):
-        recipe = dict(zip(grid, values))
+    combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    found: list[dict] = []
+    for recipe in [{**baseline_part(r), **NO_DISTILLATION} for r in combinations] + combinations:
         full = {**workspace, **recipe}
         if full["alpha"] == 1.0 and full["distill.method"] == "kd":
-            recipe = {**{k: v for k, v in recipe.items() if k != "temperature"}, **NO_DISTILLATION}
+            recipe = {**baseline_part(recipe), **NO_DISTILLATION}
         if recipe not in found:
             found.append(recipe)
     return found
+
+
+def choose(done: list[tuple[dict, Experiment]]) -> tuple[list[Experiment], dict | None]:
+    """The ranking to choose from, and the baseline setting chosen first when the grid varies
+    what the scratch students train on (None when it does not). A recipe must not win by
+    weakening its own baseline: the setting whose scratch students are best on validation is
+    chosen first, then the recipes within it are ranked by their paired validation KD gain."""
+    settings: list[dict] = []
+    for recipe, _ in done:
+        if baseline_part(recipe) not in settings:
+            settings.append(baseline_part(recipe))
+    if len(settings) == 1:
+        return ranked([e for _, e in done]), None
+    scratch = {i: max(e.val_mean("scratch") for r, e in done if baseline_part(r) == setting)
+               for i, setting in enumerate(settings)}
+    best = settings[max(scratch, key=scratch.get)]  # ties: the first setting
+    within = ranked([e for r, e in done if baseline_part(r) == best])
+    return within + [e for e in ranked([e for _, e in done]) if e not in within], best
 
 
 def _unflat(flat: dict) -> dict:
@@ -96,6 +126,17 @@ def dvc(*args: str) -> str:
     return result.stdout
 
 
+def start_queue(jobs: int) -> None:
+    """`dvc queue start`: its workers run on in the background and keep the streams they were
+    given, so they get none (a captured pipe would block until the whole queue is done)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        code = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=errors).returncode
+        if code != 0:
+            errors.seek(0)
+            raise KdflowError(f"`dvc queue start -j {jobs}` failed: {errors.read().strip()[-500:]}")
+
+
 def queue_counts() -> dict[str, int]:
     """How many experiments `dvc queue status` lists in each state."""
     counts: dict[str, int] = {}
@@ -126,7 +167,7 @@ def run(grid: dict[str, list], jobs: int) -> list[tuple[dict, Experiment | None]
     for recipe in to_queue:
         dvc("exp", "run", "--queue", *[arg for k, v in recipe.items() for arg in ("-S", f"{k}={_yaml(v)}")])
     if to_queue or waiting:
-        dvc("queue", "start", "-j", str(jobs))
+        start_queue(jobs)
         last = None
         while (counts := queue_counts()).get("Queued", 0) + counts.get("Running", 0):
             if counts != last:
@@ -145,12 +186,12 @@ def _label(recipe: dict) -> str:
     return ", ".join(f"{k}={_yaml(v)}" for k, v in recipe.items())
 
 
-def write_outputs(results: list[tuple[dict, Experiment]], directory: Path = SELECTION_DIR) -> None:
-    """ranking.md (the table), ranking.json (the numbers) and ranking.png (the plot), best first."""
+def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment],
+                  directory: Path = SELECTION_DIR) -> None:
+    """ranking.md (the table), ranking.json (the numbers) and ranking.png (the plot), in ``order``."""
     import json
 
     directory.mkdir(parents=True, exist_ok=True)
-    order = ranked([e for _, e in results])
     recipe_of = {id(e): r for r, e in results}
     rows = []
     for e in order:
@@ -161,7 +202,7 @@ def write_outputs(results: list[tuple[dict, Experiment]], directory: Path = SELE
     (directory / "ranking.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     (directory / "ranking.md").write_text(
         "# Recipe search: ranked by the paired validation KD gain (lower 95% bound, then mean)\n\n"
-        + table(order) + "\n\nThe first row was applied to the workspace (`dvc exp apply`).\n")
+        + table(order, ordered=True) + "\n\nThe first row is the choice (`dvc exp apply`).\n")
     _plot(rows, directory / "ranking.png")
 
 
@@ -211,11 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     done = [(r, e) for r, e in results if e is not None]
     if not done:
         raise KdflowError("every recipe failed: see `dvc queue status` and `dvc queue logs <name>`")
-    write_outputs(done)
-    best = ranked([e for _, e in done])[0]
+    order, setting = choose(done)
+    write_outputs(done, order)
+    best = order[0]
     recipe = next(r for r, e in done if e is best)
     gain = best.val_gain("distilled", "scratch")
-    print(table(ranked([e for _, e in done])))
+    print(table(order, ordered=True))
+    if setting is not None:
+        print(f"search: first chosen by the scratch students' validation accuracy: {_label(setting) or 'the workspace'}"
+              f" ({best.val_mean('scratch'):.4f}); then the recipes within it by their paired validation KD gain")
     print(f"search: best on validation: {_label(recipe)} (experiment {best.name}), val KD gain "
           f"{gain['mean'] * 100:+.2f} points; table and plot in {SELECTION_DIR}/")
     if args.no_apply:

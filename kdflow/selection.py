@@ -105,15 +105,16 @@ def experiments(show: list[dict]) -> list[Experiment]:
     return found
 
 
-def table(found: list[Experiment], by: str = "kd") -> str:
+def table(found: list[Experiment], by: str = "kd", ordered: bool = False) -> str:
     """Markdown table ranked by validation: ``by="kd"`` the paired gain of the distilled over
-    the scratch students (both on the views), ``by="scratch"`` the scratch students' accuracy."""
+    the scratch students (both on the views), ``by="scratch"`` the scratch students' accuracy;
+    ``ordered``: in the order given."""
     if not found:
         raise KdflowError("no finished experiments: run some with `dvc exp run --queue -S ...` and `dvc queue start`")
     baseline = found[0].params
     lines = ["| experiment | changed params | val distilled | val scratch (views) | val plain "
              "| val KD gain [95% CI] | test KD gain (not used to rank) |", "|---|---|---|---|---|---|---|"]
-    for e in ranked(found, by):
+    for e in (found if ordered else ranked(found, by)):
         changed = ", ".join(f"`{k}={'null' if v is None else v}`" for k, v in e.params.items()
                             if baseline.get(k) != v) or "(baseline)"
         gain = e.val_gain("distilled", "scratch")

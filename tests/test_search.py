@@ -4,8 +4,8 @@ them (the real queue, apply and resume run in tests/test_pipeline_dvc.py)."""
 import pytest
 
 from kdflow.errors import KdflowError
-from kdflow.search import NO_DISTILLATION, _same, parse_grid, recipes
-from kdflow.selection import experiments, ranked
+from kdflow.search import NO_DISTILLATION, _same, choose, parse_grid, recipes
+from kdflow.selection import Experiment, experiments, ranked
 
 WORKSPACE = {"alpha": 0.1, "temperature": 2.0, "distill.method": "kd", "train_student.patience": None}
 
@@ -63,3 +63,23 @@ def test_the_choice_is_made_on_validation_even_where_test_disagrees():
     # With no recipe above zero on validation, no distillation (a gain of exactly 0) is chosen.
     without_best = [e for e in found if e.name not in ("exp-val-best", "main")]
     assert ranked(without_best)[0].name == "exp-no-kd"
+
+
+def test_a_grid_over_the_views_chooses_them_on_the_scratch_students_first():
+    """8x8 digits with 2-pixel shifts: the views cripple the scratch students, so distillation on
+    them shows a large gain over a weak baseline; the students without views are better."""
+    found = recipes({"views.count": [0, 8], "alpha": [0.5]}, {**WORKSPACE, "views.count": 8})
+    assert found == [{"views.count": 0, **NO_DISTILLATION}, {"views.count": 8, **NO_DISTILLATION},
+                     {"views.count": 0, "alpha": 0.5}, {"views.count": 8, "alpha": 0.5}]
+
+    def exp(name, distilled, scratch):
+        return Experiment(name, {}, {"distilled": distilled, "scratch": scratch, "plain": scratch}, None)
+
+    plain, crippled = [0.98, 0.985, 0.975], [0.85, 0.86, 0.84]
+    done = list(zip(found, [exp("no-kd-0", plain, plain), exp("no-kd-8", crippled, crippled),
+                            exp("kd-0", [0.985, 0.99, 0.98], plain), exp("kd-8", [0.95, 0.96, 0.94], crippled)]))
+    order, setting = choose(done)
+    assert setting == {"views.count": 0}
+    assert [e.name for e in order] == ["kd-0", "no-kd-0", "kd-8", "no-kd-8"]
+    order, setting = choose(done[1::2])  # one setting only: ranked by the KD gain alone
+    assert setting is None and [e.name for e in order] == ["kd-8", "no-kd-8"]
