@@ -111,7 +111,8 @@ def table(found: list[Experiment], by: str = "kd", ordered: bool = False) -> str
     ``ordered``: in the order given."""
     if not found:
         raise KdflowError("no finished experiments: run some with `dvc exp run --queue -S ...` and `dvc queue start`")
-    baseline = found[0].params
+    # "changed params" are against the commit the experiments branch from, if it is among them
+    baseline = next((e.params for e in found if e.baseline), found[0].params)
     lines = ["| experiment | changed params | val distilled | val scratch (views) | val plain "
              "| val KD gain [95% CI] | test KD gain (not used to rank) |", "|---|---|---|---|---|---|---|"]
     for e in (found if ordered else ranked(found, by)):
