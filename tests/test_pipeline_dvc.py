@@ -201,6 +201,10 @@ def test_own_npz_data_and_own_teacher_run_end_to_end(byo_repo):
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     assert set(evaluate["teacher"]["per_class_accuracy"]) == {"ant", "bee", "cow"}
     assert json.loads((repo / "metrics/train_teacher.json").read_text())["epochs_run"] == 0  # not trained
+    # The teacher check covers a user's teacher: the stage's warning line says what the metrics say.
+    check = evaluate["teacher_check"]
+    assert ("evaluate: WARNING: teacher val accuracy" in first) == (not check["teacher_clearly_better"])
+    assert ("> **Teacher check**" in (repo / "reports/summary.md").read_text()) == (not check["teacher_clearly_better"])
     assert "hint_loss" in json.loads((repo / "metrics/distill.json").read_text())["repeat_0"]
 
     # New data under the same name: `dvc add` records it and the whole pipeline is out of date.

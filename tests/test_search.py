@@ -4,7 +4,7 @@ them (the real queue, apply and resume run in tests/test_pipeline_dvc.py)."""
 import pytest
 
 from kdflow.errors import KdflowError
-from kdflow.search import NO_DISTILLATION, _same, choose, parse_grid, recipes
+from kdflow.search import NO_DISTILLATION, _same, choose, default_grid, parse_grid, recipes
 from kdflow.selection import Experiment, experiments, ranked
 
 WORKSPACE = {"alpha": 0.1, "temperature": 2.0, "distill.method": "kd", "train_student.patience": None}
@@ -17,6 +17,11 @@ def test_the_grid_always_holds_no_distillation_once_and_refuses_unknown_params()
     # alpha = 1 with kd ignores the temperature: one recipe for it, first, whatever the grid says.
     assert found == [NO_DISTILLATION, {"alpha": 0.5, "temperature": 2}, {"alpha": 0.5, "temperature": 4}]
     assert recipes({"temperature": [4]}, WORKSPACE) == [NO_DISTILLATION, {"temperature": 4}]
+    # The default grid: with and without the workspace's views, each with its own alpha = 1.
+    default = recipes(default_grid({**WORKSPACE, "views.count": 8}), {**WORKSPACE, "views.count": 8})
+    assert len(default) == 14 and default[:2] == [{"views.count": 0, **NO_DISTILLATION},
+                                                  {"views.count": 8, **NO_DISTILLATION}]
+    assert default_grid({**WORKSPACE, "views.count": 0})["views.count"] == [0]
     # With another method alpha = 1 still means "kd without the soft term": the scratch students.
     assert recipes({"distill.method": ["dkd"]}, WORKSPACE)[0] == NO_DISTILLATION
     with pytest.raises(KdflowError, match="-S alpah: no such param"):
