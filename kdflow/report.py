@@ -172,26 +172,26 @@ def kd_verdict(m: dict, params: Params) -> str:
 def recommendation(m: dict) -> str:
     """The plain answer to "distill, augment, or both?" from the three paired comparisons."""
     kd, augment, both = (_shows(m[name]) for name in ("kd_gain", "augment_gain", "combined_gain"))
-    if both == "down":
+    if augment == "down" and both != "up":
         return ("**no views: train on the images as they are** (`views.count: 0`, or a smaller `views.shift`): on "
-                "this data the augmented views cost the student more than the teacher gives back (distilled on the "
-                "views vs plain: CI below zero)" + ("; distillation itself helps on the same views (KD gain CI "
-                "above zero), so try it without the views." if kd == "up" else "."))
+                "this data the augmented views hurt the scratch students (augmentation CI below zero)"
+                + ("; distillation helps on the same views (KD gain CI above zero), so try it without them."
+                   if kd == "up" else "."))
     if kd == "up":
         return ("**distill on the augmented views**: the teacher adds accuracy beyond what augmentation "
                 "gives the same student (KD gain CI above zero).")
     if kd == "down":
-        return ("**augment, do not distill**: on the same views the distilled students are worse than the "
-                "scratch students (KD gain CI below zero); train the student from scratch on the views.")
+        if augment == "up":
+            return ("**augment, do not distill**: on the same views the distilled students are worse than the "
+                    "scratch students (KD gain CI below zero); train the student from scratch on the views.")
+        return ("**do not distill: train the student from scratch**: the distilled students are worse than the "
+                "scratch students on the same views (KD gain CI below zero), and augmentation shows no gain.")
     if augment == "up":
         return ("**augment**: augmentation alone helps (CI above zero) and distillation shows no gain beyond it "
                 "(its CI includes zero); the scratch students on the views are as good, without a teacher.")
     if both == "up":
         return ("**distill on the augmented views**: together they beat the plain student (CI above zero), "
                 "though neither alone shows a gain that the repeats can tell from noise.")
-    if augment == "down":
-        return ("**no views: train on the images as they are** (`views.count: 0`, or a smaller `views.shift`): "
-                "the augmented views hurt the scratch students (CI below zero) and distillation shows no gain.")
     return ("**no demonstrated effect**: neither distillation nor augmentation beats the plain student beyond "
             "the noise of the repeats; more repeats (`repeats`) or another recipe may tell.")
 
