@@ -77,9 +77,7 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
                     f"{r['ece_mean']:.4f} → {r['ece_calibrated_mean']:.4f} | {r['temperature']:.3f} | "
                     f"{agreement} | {r['params']:,} | {_fmt_size(r['size_bytes'])} |")
     gains = [f"| {GAIN_TITLES[name]} | {_gain_text(m[name])} |" for name in GAIN_TITLES]
-    gap = ("undefined: the teacher–scratch gap on test is within the noise (not above twice the scratch students' "
-           "std), and a share of noise means nothing"
-           if m["gap_closed"] is None else f"{m['gap_closed'] * 100:.0f}% of the teacher–scratch gap (views)")
+    gap = _gap_text(m)
     warning = teacher_warning(m["teacher_check"])
     c = m["compression"]
     knobs = {
@@ -130,6 +128,19 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
         "",
     ]
     return "\n".join(lines)
+
+
+def _gap_text(m: dict) -> str:
+    """gap_closed in words; when it is undefined, why."""
+    if m["gap_closed"] is not None:
+        return f"{m['gap_closed'] * 100:.0f}% of the teacher–scratch gap (views)"
+    teacher, scratch = m["teacher"]["accuracy"], m["student_scratch"]["accuracy_mean"]
+    if teacher <= scratch:
+        return (f"undefined: the teacher ({teacher:.4f}) is not more accurate than the scratch students ({scratch:.4f}) "
+                "on test, so there is no gap to close")
+    return (f"undefined: the teacher–scratch gap on test ({(teacher - scratch) * 100:.2f} points) is within the noise "
+            f"(not above twice the scratch students' std, {2 * m['student_scratch']['accuracy_std'] * 100:.2f}), "
+            "and a share of noise means nothing")
 
 
 def _gain_text(gain: dict) -> str:

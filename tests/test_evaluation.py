@@ -211,3 +211,19 @@ def test_the_report_says_in_words_whether_distillation_helped_and_why_not(gain, 
                      "pairs": pairs},
          "teacher_check": {"teacher_clearly_better": teacher_better}}
     assert kd_verdict(m, Params.model_validate(minimal_params(alpha=alpha))).startswith(words)
+
+
+def test_the_report_says_why_gap_closed_is_undefined():
+    from kdflow.report import _gap_text
+
+    def metrics(teacher, scratch_mean, scratch_std, closed):
+        return {"gap_closed": closed, "teacher": {"accuracy": teacher},
+                "student_scratch": {"accuracy_mean": scratch_mean, "accuracy_std": scratch_std}}
+
+    assert _gap_text(metrics(0.98, 0.97, 0.002, 0.3)) == "30% of the teacher–scratch gap (views)"
+    # The reference repo's settings on the default data: a 0.3-point lead once read as -93%.
+    assert _gap_text(metrics(0.983, 0.980, 0.004, None)).startswith(
+        "undefined: the teacher–scratch gap on test (0.30 points) is within the noise (not above twice the "
+        "scratch students' std, 0.80)")
+    assert _gap_text(metrics(0.784, 0.861, 0.01, None)).startswith(
+        "undefined: the teacher (0.7840) is not more accurate than the scratch students (0.8610)")
