@@ -154,12 +154,12 @@ def queue_counts() -> dict[str, int]:
     return counts
 
 
-def run(grid: dict[str, list], jobs: int) -> list[tuple[dict, Experiment | None]]:
-    """Queue the recipes not yet finished or queued, run the queue, and return each recipe with
-    its finished experiment (None if it failed)."""
+def run(grid: dict[str, list] | None, jobs: int) -> list[tuple[dict, Experiment | None]]:
+    """Queue the recipes of ``grid`` (None: the default grid) not yet finished or queued, run
+    the queue, and return each recipe with its finished experiment (None if it failed)."""
     load_params()  # the workspace's params.yaml is valid
     workspace = _flat(yaml.safe_load(Path(PARAMS_FILE).read_text()))
-    wanted = recipes(grid, workspace)
+    wanted = recipes(grid or default_grid(workspace), workspace)
     for recipe in wanted:  # every recipe is valid before anything runs
         validate(_unflat({**workspace, **recipe}), source=f"-S {_label(recipe)}")
     show = exp_show()
@@ -193,9 +193,10 @@ def _label(recipe: dict) -> str:
     return ", ".join(f"{k}={_yaml(v)}" for k, v in recipe.items())
 
 
-def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment],
+def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment], setting: dict | None = None,
                   directory: Path = SELECTION_DIR) -> None:
-    """ranking.md (the table), ranking.json (the numbers) and ranking.png (the plot), in ``order``."""
+    """ranking.md (the table), ranking.json (the numbers) and ranking.png (the plot), in ``order``;
+    ``setting``: the baseline setting chosen first on the scratch students (kdflow.search.choose)."""
     import json
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -207,34 +208,38 @@ def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment
                      "val_distilled": round(e.val_mean("distilled"), 6), "val_scratch": round(e.val_mean("scratch"), 6),
                      "test_kd_gain_not_used": e.test_kd_gain})
     (directory / "ranking.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    first = "" if setting is None else (
+        f"First the setting `{_label(setting)}`, whose scratch students are the best on validation; its recipes come "
+        "first, the other settings' after them.\n\n")
     (directory / "ranking.md").write_text(
-        "# Recipe search: ranked by the paired validation KD gain (lower 95% bound, then mean)\n\n"
+        "# Recipe search: ranked by the paired validation KD gain (lower 95% bound, then mean)\n\n" + first
         + table(order, ordered=True) + "\n\nThe first row is the choice (`dvc exp apply`).\n")
-    _plot(rows, directory / "ranking.png")
+    _plot(rows, directory / "ranking.png", setting)
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, setting: dict | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.45 * len(rows)))
     y = list(range(len(rows)))[::-1]
     for yi, row in zip(y, rows):
         gain = row["val_kd_gain"]
         low, high = gain["ci95_low"], gain["ci95_high"]
-        xerr = [[gain["mean"] - low], [high - gain["mean"]]] if low is not None else None
-        ax.errorbar(gain["mean"] * 100, yi, xerr=None if xerr is None else [[v * 100 for v in xerr[0]],
-                                                                            [v * 100 for v in xerr[1]]],
-                    fmt="o", color="tab:blue", capsize=4, label="validation (ranks)" if yi == y[0] else None)
+        xerr = None if low is None else [[(gain["mean"] - low) * 100], [(high - gain["mean"]) * 100]]
+        ax.errorbar(gain["mean"] * 100, yi, xerr=xerr, fmt="o", color="tab:blue", capsize=4,
+                    label="validation (ranks)" if yi == y[0] else None)
         if row["test_kd_gain_not_used"]:
             ax.plot(row["test_kd_gain_not_used"]["mean"] * 100, yi, "x", color="grey",
                     label="test (not used)" if yi == y[0] else None)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [_label(r["recipe"]) for r in rows], fontsize="small")
-    ax.set(xlabel="paired KD gain, points of accuracy (distilled − scratch), 95% CI",
-           title="Recipe search, best first")
+    title = "Recipe search on validation, best first"
+    if setting is not None:
+        title += f"\n{_label(setting)} chosen first, on the scratch students"
+    ax.set(xlabel="paired KD gain, points of accuracy (distilled − scratch), 95% CI", title=title)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -250,9 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise KdflowError(f"--jobs {args.jobs}: must be at least 1")
-    grid = parse_grid(args.grid) if args.grid else default_grid(_flat(yaml.safe_load(Path(PARAMS_FILE).read_text())))
-
-    results = run(grid, args.jobs)
+    results = run(parse_grid(args.grid) if args.grid else None, args.jobs)
     failed = [r for r, e in results if e is None]
     for recipe in failed:
         print(f"search: FAILED: {_label(recipe)} (see `dvc queue logs`); left out of the ranking")
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if not done:
         raise KdflowError("every recipe failed: see `dvc queue status` and `dvc queue logs <name>`")
     order, setting = choose(done)
-    write_outputs(done, order)
+    write_outputs(done, order, setting)
     best = order[0]
     recipe = next(r for r, e in done if e is best)
     gain = best.val_gain("distilled", "scratch")
