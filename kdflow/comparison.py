@@ -18,12 +18,12 @@ import numpy as np
 
 from kdflow import artifacts
 from kdflow.calibration import fit_temperature
-from kdflow.paths import model_file, repeat_file
-from kdflow.teacher_check import check as teacher_check
 from kdflow.data import Prepared
 from kdflow.evaluation import (
     evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats,
 )
+from kdflow.paths import model_file, repeat_file
+from kdflow.teacher_check import check as teacher_check
 
 ROLES = ("teacher", "student_distilled", "student_scratch", "student_plain")
 # name -> (better, baseline): each a paired comparison over the repeats' seeds

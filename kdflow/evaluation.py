@@ -149,4 +149,3 @@ def gap_size(teacher_accuracy: float, scratch_accuracies: list[float]) -> float 
     gap = teacher_accuracy - scratch.mean()
     noise = 2 * scratch.std(ddof=1) if len(scratch) > 1 else 0.0
     return float(gap) if gap > noise else None
-

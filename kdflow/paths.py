@@ -22,7 +22,8 @@ LIVE_DIR = Path("dvclive")  # dvclive curves (and evaluate's confusion plots), o
 RUNS_DIR = Path(".kdflow/runs")  # per-epoch training checkpoints (kdflow.resume)
 TIMINGS_DIR = Path("timings")    # wall-clock latency measured by export and evaluate
 LOGS_DIR = Path("logs")          # tracebacks of unexpected errors
-SELECTION_DIR = Path("selection")  # the recipe search's ranked table and plot (kdflow.search)
+# Written by the recipe search (kdflow.search), outside the pipeline: commit it with the recipe it chose.
+SELECTION_DIR = Path("selection")
 
 # role -> the stage that writes it (named in "run `dvc repro <stage>`" messages)
 MODEL_ROLES = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch",
