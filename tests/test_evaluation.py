@@ -114,7 +114,7 @@ def test_the_report_answers_distill_augment_or_both_from_the_three_paired_cis(kd
     assert recommendation(m).startswith(answer)
 
 
-def test_temperature_scaling_recovers_the_temperature_and_never_changes_accuracy():
+def test_temperature_scaling_recovers_the_temperature_of_overconfident_logits():
     from kdflow.calibration import fit_temperature, nll
 
     rng = np.random.default_rng(0)
@@ -129,11 +129,8 @@ def test_temperature_scaling_recovers_the_temperature_and_never_changes_accuracy
     after = evaluate_logits(overconfident, y, names, temperature=temperature)
     assert after["temperature"] == temperature
     assert after["loss_calibrated"] < before["loss"] and after["ece_calibrated"] < before["ece"] / 2
-    # Dividing by any T > 0 keeps every prediction, so the accuracy is the same (the exported
-    # forms check it on a real model, tests/test_export.py).
-    for t in (0.02, 0.5, temperature, 50.0):
-        assert np.array_equal((overconfident / t).argmax(axis=1), overconfident.argmax(axis=1))
-    assert after["accuracy"] == before["accuracy"]
+    # That T never changes accuracy is checked where it could break: on the exported models, whose
+    # last layer divides by it (tests/test_export.py).
 
 
 def test_the_teacher_check_rule_and_its_line():
