@@ -57,7 +57,7 @@ TARGETS = {
     "stage_memory_growth_vs_data_growth": 2.0,
 }
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "kdflow", "stages", "inputs", ".dvc/config", ".dvcignore", ".gitignore"]
-SPEED_VARIANTS = ("plain_fit", "scratch_xla", "scratch_nondeterministic", "scratch_control", "scratch",
+SPEED_VARIANTS = ("plain_fit", "scratch_nondeterministic", "scratch_control", "scratch",
                   "distill_cached_default_teacher", "distill_cached_large_teacher", "scratch_views",
                   "distill_views_default_teacher")
 
@@ -147,11 +147,10 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
     train_views = views.for_training(committed.seed, len(x), committed.views, shape)
     view_logits = np.repeat(logits["default"][1][:, None], train_views.count, axis=1)
 
-    def ours(targets, val_targets, goal=objective.HARD_LABELS, jit_compile=False, deterministic=True,
+    def ours(targets, val_targets, goal=objective.HARD_LABELS, deterministic=True,
              on_views=False):
         import tensorflow as tf
-        # Not exported by TF 2.21's public API (only enable_op_determinism is); Keras itself
-        # reads this module's is_op_determinism_enabled to decide whether XLA may run.
+        # Not exported by TF 2.21's public API (only enable_op_determinism is).
         from tensorflow.python.framework import config as tf_config
 
         model = training_model(student(), goal)
@@ -162,7 +161,7 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
                 tf_config.disable_op_determinism()
             # The same model and setup every round: fit keeps its compiled step (no retrace).
             fit(model, (x, targets), (x_val, val_targets), cfg, seed, [*goal.callbacks(), timer],
-                jit_compile=jit_compile, views=train_views if on_views else None)
+                views=train_views if on_views else None)
             tf.config.experimental.enable_op_determinism()
             return timer.times
         return train_round
@@ -182,9 +181,6 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
 
     labels, val_labels = {LABELS: y}, {LABELS: y_val}
     variants = {"plain_fit": plain_fit(),
-                # Keras silently turns jit_compile off while TF op determinism is on (as in every
-                # stage), so XLA is compared with determinism off on both sides.
-                "scratch_xla": ours(labels, val_labels, jit_compile=True, deterministic=False),
                 "scratch_nondeterministic": ours(labels, val_labels, deterministic=False),
                 # A/A control: a second, identical scratch student. Its ratio to `scratch` is 1.00
                 # but for noise; it shows how far the machine moves a ratio that should not move.
@@ -491,7 +487,6 @@ def speed_ratios(speed_runs: list[dict]) -> dict:
         "online_large_teacher_epoch_vs_scratch": ratio("online_large_teacher", "scratch"),
         "plain_fit_vs_scratch_time": ratio("scratch", "plain_fit"),
         "plain_fit_vs_distill_time": ratio("distill_cached_default_teacher", "plain_fit"),
-        "xla_vs_no_xla_scratch_time": ratio("scratch_xla", "scratch_nondeterministic"),
         # the noise floor: two identical scratch students (the same as 1.00 but for the machine)
         "scratch_control_vs_scratch": ratio("scratch_control", "scratch"),
     }

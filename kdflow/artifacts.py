@@ -100,8 +100,8 @@ def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
         for i, (model, summary) in enumerate(students):
             save_model(staging / repeat_file(role, i).name, model)
             summaries[f"repeat_{i}"] = summary
-    with atomic_path(model_file(role)) as tmp:
-        shutil.copyfile(repeat_file(role, 0), tmp)
+        with atomic_path(model_file(role)) as tmp:
+            shutil.copyfile(staging / repeat_file(role, 0).name, tmp)
     val_acc = [s["val_accuracy"] for s in summaries.values()]
     return {**summaries, "val_accuracy_mean": round(float(np.mean(val_acc)), 6)}
 

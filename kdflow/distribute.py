@@ -1,18 +1,25 @@
 """Where training runs: TensorFlow's distribution strategies, chosen by ``runtime.strategy``.
 
-Keras' ``fit`` does the distributed work itself once the model is built and compiled under a
-strategy's scope: every global batch (``train_*.batch_size``) is split across the replicas,
-each replica's loss is its per-sample sum divided by the *global* batch size (Keras' losses
-scale by the number of replicas), and the gradients are summed across replicas, so one update
-equals the single-device update up to float round-off.
+``kdflow.training`` runs the same step under every strategy: each global batch
+(``train_*.batch_size``) is split evenly across the replicas, each replica's loss is its
+per-sample sum divided by the *global* batch size, and the optimizer sums the replicas'
+gradients, so one update equals the single-device update up to float round-off.
+
+With ``multi_worker``, every worker process runs the same stage; ``TF_CONFIG`` names the
+cluster and this process's place in it (docs/scale-out.md). Only the chief writes the stage's
+outputs, curves and checkpoints: the other workers' writes go to a private temp folder
+(``kdflow.io.discard_writes``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from typing import ContextManager
 
 from kdflow.errors import KdflowError
+from kdflow.io import discard_writes
 from kdflow.params import RuntimeParams
 
 _strategy = None  # the process's strategy once `setup` ran; None = TensorFlow's default
@@ -20,35 +27,73 @@ _strategy = None  # the process's strategy once `setup` ran; None = TensorFlow's
 
 def setup(runtime: RuntimeParams):
     """Create the strategy for this process. Call it first, before any other TensorFlow work:
-    logical devices can only be configured before TF starts."""
+    logical devices and the cluster can only be configured before TF starts."""
     global _strategy
-    import tensorflow as tf
-
     if runtime.strategy == "default":
+        import tensorflow as tf
+
         _strategy = None
         return tf.distribute.get_strategy()
     if runtime.strategy == "mirrored":
-        if not tf.config.list_physical_devices("GPU") and runtime.cpu_replicas > 1:
-            cpu = tf.config.list_physical_devices("CPU")[0]
-            tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(runtime.cpu_replicas)])
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        _strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        _strategy, where = _mirrored(runtime.cpu_replicas)
     else:
-        raise KdflowError(MULTI_WORKER_BLOCKED)
-    print(f"runtime: {runtime.strategy} strategy, {_strategy.num_replicas_in_sync} replicas on "
-          f"{', '.join(d.name for d in devices)}", flush=True)
+        _strategy, where = _multi_worker()
+    print(f"runtime: {runtime.strategy} strategy, {_strategy.num_replicas_in_sync} replicas {where}", flush=True)
     return _strategy
 
 
-# Keras 3's fit cannot train under MultiWorkerMirroredStrategy (TF 2.21 / Keras 3.15): its
-# step reduces scalar logs with axis=0 across workers and fails, tensorflow/tensorflow#72388.
-MULTI_WORKER_BLOCKED = (
-    "runtime.strategy = multi_worker: not available with the pinned Keras 3.15 / TensorFlow 2.21, whose "
-    "model.fit fails under MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388); use `mirrored` "
-    "(all GPUs or CPU devices of one host)")
+def _mirrored(cpu_replicas: int):
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU") and cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)])
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    return strategy, f"on {', '.join(d.name for d in devices)}"
+
+
+def cluster_task() -> tuple[dict, str, int]:
+    """The cluster, task type and index that ``TF_CONFIG`` gives this process, checked."""
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        raise KdflowError("runtime.strategy = multi_worker: set TF_CONFIG on every worker, e.g. "
+                          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                          '"index": 0}} (docs/scale-out.md)')
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        task_type, index = task["type"], int(task["index"])
+        hosts = cluster[task_type]
+        if not isinstance(hosts, list) or not 0 <= index < len(hosts):
+            raise ValueError(f"task index {index} is not in cluster.{task_type}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KdflowError(f"TF_CONFIG: not a valid cluster description ({exc.__class__.__name__}: {exc}); "
+                          "see docs/scale-out.md") from None
+    if task_type not in ("chief", "worker"):
+        raise KdflowError(f"TF_CONFIG: task type {task_type!r}: multi_worker runs `chief` and `worker` tasks only")
+    return cluster, task_type, index
+
+
+def is_chief_task(cluster: dict, task_type: str, index: int) -> bool:
+    """TensorFlow's rule: the `chief` task, or worker 0 when the cluster has no chief."""
+    return task_type == "chief" or (task_type == "worker" and index == 0 and "chief" not in cluster)
+
+
+def _multi_worker():
+    cluster, task_type, index = cluster_task()
+    chief = is_chief_task(cluster, task_type, index)
+    if not chief:
+        discard_writes()
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    workers = sum(len(hosts) for hosts in cluster.values())
+    role = "the chief" if chief else "writes nothing"
+    return strategy, f"on {workers} workers (this is {task_type} {index}, {role})"
 
 
 def scope() -> ContextManager:
-    """Build and compile models inside this, so Keras trains them with the strategy."""
+    """Build models (and anything holding variables) inside this, so they train under the strategy."""
     return _strategy.scope() if _strategy is not None else contextlib.nullcontext()

@@ -7,6 +7,7 @@ are rewritten with fixed timestamps so the same content always hashes the same i
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -24,6 +25,29 @@ from kdflow.errors import KdflowError
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Temp outputs of this process being written now: removed by the stage wrapper on Ctrl-C.
 ACTIVE_TEMPS: set[Path] = set()
+# Where a process that must not write the project's outputs writes them instead (a non-chief
+# worker of multi-worker training): a private temp folder, removed when the process exits.
+_discard_root: Path | None = None
+
+
+def discard_writes() -> None:
+    """From now on, every output this process writes through this module goes to a private
+    temp folder that is removed at exit: the project's files stay as they are."""
+    global _discard_root
+    if _discard_root is None:
+        _discard_root = Path(tempfile.mkdtemp(prefix="kdflow-worker-"))
+        atexit.register(shutil.rmtree, _discard_root, ignore_errors=True)
+
+
+def writes_discarded() -> bool:
+    return _discard_root is not None
+
+
+def _destination(path: str | Path) -> Path:
+    path = Path(path)
+    if _discard_root is None or path.absolute().is_relative_to(_discard_root):
+        return path
+    return _discard_root / path.absolute().relative_to(path.absolute().anchor)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -36,7 +60,7 @@ def _remove_stale_temps(path: Path) -> None:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
+    path = _destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,7 +79,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temp folder next to ``path``; swap it in for ``path`` only if the block
     succeeds (an old ``path`` is replaced as a whole, never mixed with new files)."""
-    path = Path(path)
+    path = _destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -76,6 +76,7 @@ class TrainingModel(keras.Model):
     def __init__(self, inputs, outputs, objective: Objective = HARD_LABELS, name: str | None = None):
         super().__init__(inputs=inputs, outputs=outputs, name=name)
         self.objective = objective
+        self.loss_tracker = keras.metrics.Mean(name="loss")  # updated by kdflow.training's steps
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.hard_ce_tracker = keras.metrics.Mean(name="hard_ce")
         if objective.distills:

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import keras
 import numpy as np
 
-from kdflow.io import atomic_path
+from kdflow.io import atomic_path, writes_discarded
 from kdflow.params import Params
 from kdflow.paths import RUNS_DIR
 
@@ -48,11 +48,14 @@ def run_dir(stage: str, params: Params, inputs: Iterable[Path]) -> Iterator[Path
     outputs) succeeds. Checkpoints of other params, data or code are removed up front."""
     key = _fingerprint(stage, params, inputs)
     stage_root = RUNS_DIR / stage
+    path = stage_root / key
+    if writes_discarded():  # a non-chief worker: it reads the chief's checkpoints, writes none
+        yield path
+        return
     if stage_root.exists():
         for stale in stage_root.iterdir():
             if stale.name != key:
                 shutil.rmtree(stale, ignore_errors=True)
-    path = stage_root / key
     path.mkdir(parents=True, exist_ok=True)
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -155,7 +158,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 arrays += [np.asarray(w) for w in es.best_weights]
         meta = {"epoch": epoch, "finished": finished, "history": self.history,
                 "early_stopping": es_state, "arrays": len(arrays)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, meta=np.array(json.dumps(meta)), **{f"a{i}": a for i, a in enumerate(arrays)})

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import keras
 
+from kdflow.io import writes_discarded
+
 
 class LearningRateLogger(keras.callbacks.Callback):
     """Put the optimizer's current (scheduled) learning rate into the epoch logs, which
@@ -29,6 +31,8 @@ def epoch_logger(directory: Path) -> keras.callbacks.Callback:
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
+    if writes_discarded():  # a non-chief worker: curves are the chief's (dvclive would touch .dvc/tmp)
+        return keras.callbacks.Callback()
     live = Live(dir=str(directory), dvcyaml=None, save_dvc_exp=False, report=None)
     callback = DVCLiveCallback(live=live)
     callback.replay_on_resume = True  # a resumed fit re-logs the finished epochs (kdflow.resume)

@@ -1,4 +1,11 @@
-"""The one training loop: Keras ``fit`` with Adam, cosine decay and early stopping.
+"""The one training loop, for every strategy: TensorFlow's custom-loop pattern around Keras 3
+objects. Each step runs in ``strategy.run`` on every replica; ``optimizer.apply_gradients``
+sums the replicas' gradients; metrics are read outside the replicas. Keras callbacks (early
+stopping, dvclive, the epoch checkpoint, the progress line) are driven as ``fit`` drives them.
+
+Keras' own ``fit`` is not used because it fails under ``MultiWorkerMirroredStrategy``
+(keras-team/keras#20585). This step computes what ``fit``'s does; traced into another graph,
+its weights differ from ``fit``'s by float round-off (~4e-8 after 3 epochs of a small student).
 
 Teacher, scratch student and distilled student all train here, each as a
 ``kdflow.objective.TrainingModel``; they differ only in its objective and in the targets
@@ -30,15 +37,15 @@ from kdflow.views import choice as view_choice
 # (for the distilled student too, as in the reference repo: its KD term is no model-selection signal).
 MONITOR = "val_hard_ce"
 # Training steps per compiled call: with the default small student, Python dispatch between
-# steps was ~40% of a step on 2 CPU cores (docs/performance.md). XLA (jit_compile) stays off:
-# Keras silently disables it while TF op determinism is on.
+# steps was ~40% of a step on 2 CPU cores (docs/performance.md).
 STEPS_PER_EXECUTION = 16
 
 Targets = Mapping[str, np.ndarray]  # see kdflow.objective: labels (+ teacher_logits, teacher_features)
 
 
 def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | None = None,
-                 epochs: range = range(1), views: Views | None = None) -> tf.data.Dataset:
+                 epochs: range = range(1), views: Views | None = None,
+                 replicas: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """In-memory tf.data pipeline. Without a seed: one pass in order (validation). With a seed:
     the batches of ``epochs``, each epoch in its own order, a function of (seed, epoch number)
     only, so a run resumed at epoch k reads exactly the batches an uninterrupted run reads.
@@ -46,10 +53,16 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
 
     With ``views``, each sample is the view ``kdflow.views.choice(seed, epoch)`` picks for it,
     built on the fly, and every target but the labels is given per view ([images, views, ...]):
-    the teacher's cached output for exactly that view."""
+    the teacher's cached output for exactly that view.
+
+    With ``replicas`` (a strategy's input context for this worker, several replicas), the
+    elements are this worker's replicas' shares of each global batch in turn (see
+    ``_replica_share``), and the training epochs hold full global batches only."""
     targets = {key: _as_target(key, value) for key, value in targets.items()}
+    share = _replica_share(replicas)
     if seed is None:
-        return tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size)
+        return (ds if share is None else ds.flat_map(share)).prefetch(tf.data.AUTOTUNE)
     x_all, t_all = _images_as_tensor(x), {key: tf.constant(value) for key, value in targets.items()}
     n = len(x)
     if views is not None:
@@ -63,9 +76,12 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
         seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed_pair)
         if views is None:
-            return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        chosen = tf.gather(view_choice(seed, epoch, n, views.count), order)
-        return tf.data.Dataset.from_tensor_slices((order, chosen)).batch(batch_size)
+            batches = tf.data.Dataset.from_tensor_slices(order)
+        else:
+            chosen = tf.gather(view_choice(seed, epoch, n, views.count), order)
+            batches = tf.data.Dataset.from_tensor_slices((order, chosen))
+        batches = batches.batch(batch_size, drop_remainder=share is not None)
+        return batches if share is None else batches.flat_map(share)  # indices: each worker gathers its share
 
     def gather(idx, view=None):
         images = tf.gather(x_all, idx)
@@ -79,6 +95,27 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
     ds = ds.map(gather)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _replica_share(context: tf.distribute.InputContext | None):
+    """The function that turns each global batch into this worker's per-replica batches:
+    replica r of R takes rows [r*b//R, (r+1)*b//R) of a b-row batch, so the global batches,
+    and which rows each replica gets, do not depend on how the replicas are spread over
+    workers. None with one replica: batches pass through untouched."""
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    replicas = context.num_replicas_in_sync
+    local = replicas // context.num_input_pipelines
+    first = context.input_pipeline_id * local
+
+    def share(*batch):
+        rows = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+
+        def part(j):
+            lo, hi = (first + j) * rows // replicas, (first + j + 1) * rows // replicas
+            return tf.nest.map_structure(lambda t: t[lo:hi], batch if len(batch) > 1 else batch[0])
+        return tf.data.Dataset.range(local).map(part)
+    return share
 
 
 def _as_target(key: str, value: np.ndarray) -> np.ndarray:
@@ -106,12 +143,8 @@ def _images_as_tensor(x: np.ndarray) -> tf.Variable | tf.Tensor:
 
 def _steps_per_execution(steps_per_epoch: int) -> int:
     """Steps per compiled call: the largest divisor of the epoch's steps up to
-    STEPS_PER_EXECUTION. Keras runs whole calls, so a call must never cross an epoch boundary
-    of the one dataset that spans all epochs (see make_dataset)."""
-    # Keras' multi-step loop fails on a distributed iterator with several replicas in TF 2.21
-    # ("You must feed a value for placeholder tensor ... while/cond/Placeholder"): one step there.
-    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        return 1
+    STEPS_PER_EXECUTION, so that a call never crosses an epoch boundary of the one dataset
+    that spans all epochs (see make_dataset)."""
     return max(d for d in range(1, STEPS_PER_EXECUTION + 1) if steps_per_epoch % d == 0)
 
 
@@ -131,6 +164,60 @@ class _StopOnNaN(keras.callbacks.Callback):
         self._check(logs, ("loss", "val_loss"))
 
 
+class _Steps:
+    """The compiled training and validation steps of one model under one strategy (see the
+    module docstring): traced once, reused by every later ``fit`` with the same setup."""
+
+    def __init__(self, model: TrainingModel, strategy: tf.distribute.Strategy, steps_per_call: int):
+        replicas = strategy.num_replicas_in_sync
+
+        def track_loss(x, loss):
+            # As Keras' train_step: a replica's loss is divided by the global batch, so times the
+            # replicas it is the replica's mean, weighted by the replica's batch size.
+            model.loss_tracker.update_state(loss * replicas if replicas > 1 else loss, sample_weight=tf.shape(x)[0])
+
+        def train_step(batch):
+            x, y = batch
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(x, y, y_pred, training=True)  # / the global batch: scaled once
+                track_loss(x, loss)
+            variables = model.trainable_variables
+            model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))  # all-reduces
+            model.compute_metrics(x, y, y_pred)
+
+        def test_step(batch):
+            x, y = batch
+            y_pred = model(x, training=False)
+            track_loss(x, model.compute_loss(x, y, y_pred, training=False))
+            model.compute_metrics(x, y, y_pred)
+
+        @tf.function
+        def train(iterator):
+            for _ in tf.range(steps_per_call):
+                strategy.run(train_step, args=(next(iterator),))
+
+        self.train = train
+        self.test = tf.function(lambda batch: strategy.run(test_step, args=(batch,)), reduce_retracing=True)
+        self.steps_per_call = steps_per_call
+
+
+def _same_on_every_worker(strategy: tf.distribute.Strategy, value: int) -> bool:
+    """Whether every replica holds the same ``value``: n * sum(v^2) == sum(v)^2 only when all
+    n values are equal. All-reduced, so every worker reaches the same answer."""
+    @tf.function
+    def all_reduce(v):
+        per_replica = strategy.run(lambda: tf.stack([v, v * v, tf.ones_like(v)]))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    total, squares, n = all_reduce(tf.constant(value, tf.int64)).numpy()
+    return n * squares == total * total
+
+
+def _metrics(model: TrainingModel, prefix: str = "") -> dict[str, float]:
+    """The model's tracked terms, read outside the replicas (summed over them), as floats."""
+    return {prefix + name: float(value) for name, value in model.get_metrics_result().items()}
+
+
 def fit(
     model: TrainingModel,
     train: tuple[np.ndarray, Targets],
@@ -139,36 +226,43 @@ def fit(
     seed: int,
     extra_callbacks: list[keras.callbacks.Callback] = (),
     config_key: str = "train",
-    jit_compile: bool = False,
     checkpoint: Path | None = None,
     views: Views | None = None,
 ) -> dict:
-    """Train ``model`` in place; return a summary of the kept epoch.
+    """Train ``model`` in place under the current strategy (build it in its scope); return a
+    summary of the kept epoch.
 
     The logs hold the model's tracked terms (``loss``, ``accuracy``, ``hard_ce``, and for
     distillation ``soft_loss`` / ``hint_loss``); early stopping watches ``val_hard_ce``. With
     ``checkpoint``, the training state is saved there after every epoch and a run finds it and
     resumes (see ``kdflow.resume``). With ``views``, it trains on augmented views of the
-    training images (see ``make_dataset``); validation stays un-augmented."""
+    training images (see ``make_dataset``); validation stays un-augmented. With several
+    replicas, every step is a full global batch: an epoch's last partial batch is dropped."""
+    strategy = tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     x_train, t_train = train
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    setup = (cfg, steps_per_epoch, jit_compile)
+    if cfg.batch_size % replicas:
+        raise KdflowError(f"{config_key}.batch_size={cfg.batch_size}: must be a multiple of the "
+                          f"{replicas} replicas (each takes an equal share of every batch)")
+    steps_per_epoch = len(x_train) // cfg.batch_size if replicas > 1 else math.ceil(len(x_train) / cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise KdflowError(f"{config_key}.batch_size={cfg.batch_size}: larger than the {len(x_train)} training images")
+    setup = (cfg, steps_per_epoch, strategy)
     if getattr(model, "_kdflow_fit_setup", None) == setup:
         # Fitted before with this very setup (the next repeat of a student stage): keep the
-        # compiled (traced) training step and start from a fresh optimizer state. A new compile
-        # would retrace, seconds per repeat for the default student on 2 cores.
+        # traced steps and start from a fresh optimizer state. Tracing anew costs seconds per
+        # repeat for the default student on 2 cores.
         for variable in model.optimizer.variables:
             variable.assign(tf.zeros_like(variable))
     else:
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch, alpha=cfg.lr_floor
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule, amsgrad=cfg.amsgrad),
-            steps_per_execution=_steps_per_execution(steps_per_epoch),
-            jit_compile=jit_compile,
-        )
+        model.optimizer = keras.optimizers.Adam(schedule, amsgrad=cfg.amsgrad)
+        model.optimizer.build(model.trainable_variables)
+        model._kdflow_steps = _Steps(model, strategy, _steps_per_execution(steps_per_epoch))
         model._kdflow_fit_setup = setup
+    steps = model._kdflow_steps
     early_stopping = None
     if cfg.patience is not None:
         early_stopping = keras.callbacks.EarlyStopping(
@@ -178,23 +272,22 @@ def fit(
     replay_to = [c for c in extra_callbacks if getattr(c, "replay_on_resume", False)]
     state = EpochCheckpoint(checkpoint, early_stopping, replay_to)
     state.restore(model, cfg.epochs)
+    if replicas > 1 and not _same_on_every_worker(strategy, 2 * state.first_epoch + state.finished):
+        raise KdflowError(
+            f"{model.name}: the workers found different checkpoints to resume from: every worker must see the "
+            "chief's .kdflow/runs folder (a shared file system), or delete it there to start over")
     model.diverged = False
     if not state.finished:
         callbacks = [_StopOnNaN(), LearningRateLogger(), *extra_callbacks]
         # the checkpoint comes last: it saves what the others updated at each epoch end
         callbacks += [early_stopping, state] if early_stopping else [state]
-        model.fit(
-            make_dataset(x_train, t_train, cfg.batch_size, seed, epochs=range(state.first_epoch, cfg.epochs),
-                         views=views),
-            steps_per_epoch=steps_per_epoch,
-            initial_epoch=state.first_epoch,
-            shuffle=False,  # make_dataset orders the batches (a seeded order per epoch)
-            validation_data=make_dataset(*val, batch_size=INFERENCE_BATCH_SIZE),
-            epochs=cfg.epochs,
-            callbacks=callbacks,
-            # Progress bar in a terminal, one line per epoch in logs (CI, dvc queue logs).
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+
+        epochs = range(state.first_epoch, cfg.epochs)
+        train_batches = iter(strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(x_train, t_train, cfg.batch_size, seed, epochs, views, context)))
+        val_batches = strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(*val, batch_size=INFERENCE_BATCH_SIZE, replicas=context))
+        _run_epochs(model, steps, train_batches, val_batches, epochs, steps_per_epoch, callbacks)
     if model.diverged or not all(np.isfinite(w).all() for w in model.get_weights()):
         raise KdflowError(
             f"{config_key}.learning_rate={cfg.learning_rate:g}: training diverged (loss is NaN/inf); "
@@ -209,3 +302,33 @@ def fit(
         "best_epoch": best + 1,
         **{name: round(float(values[best]), 6) for name, values in sorted(history.items())},
     }
+
+
+def _run_epochs(model: TrainingModel, steps: _Steps, train_batches, val_batches, epochs: range,
+                steps_per_epoch: int, callbacks: list[keras.callbacks.Callback]) -> None:
+    """The epochs of ``fit``, calling the callbacks where Keras' ``fit`` calls them."""
+    callbacks = keras.callbacks.CallbackList(
+        callbacks, add_progbar=True, model=model, epochs=epochs.stop, steps=steps_per_epoch,
+        # Progress bar in a terminal, one line per epoch in logs (CI, dvc queue logs).
+        verbose=1 if sys.stdout.isatty() else 2)
+    model.stop_training = False
+    callbacks.on_train_begin()
+    logs = {}
+    for epoch in epochs:
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        for step in range(0, steps_per_epoch, steps.steps_per_call):
+            callbacks.on_train_batch_begin(step)
+            steps.train(train_batches)
+            callbacks.on_train_batch_end(step + steps.steps_per_call - 1, _metrics(model))
+            if model.stop_training:
+                break
+        logs = _metrics(model)
+        model.reset_metrics()
+        for batch in val_batches:
+            steps.test(batch)
+        logs.update(_metrics(model, prefix="val_"))
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callbacks.on_train_end(logs)

@@ -1,7 +1,7 @@
 """Helper run as a subprocess by test_scaleout.py: one small `kdflow.training.fit` under the
-strategy named on the command line (a fresh process, because logical CPU devices can only be
-set up before TensorFlow starts). Prints a JSON result. Run with the project root and tests/
-on PYTHONPATH."""
+strategy named on the command line (a fresh process: logical CPU devices and the cluster can
+only be set up before TensorFlow starts; `multi_worker` reads TF_CONFIG). Prints a JSON
+result. Run with the project root and tests/ on PYTHONPATH."""
 
 import json
 import sys
@@ -11,6 +11,7 @@ from kdflow.params import ModelParams, RuntimeParams, TrainParams
 
 strategy = distribute.setup(RuntimeParams(strategy=sys.argv[1], cpu_replicas=2))
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from conftest import make_prepared  # noqa: E402
@@ -30,17 +31,27 @@ class TracedModel(TrainingModel):
         return super().compute_loss(*args, **kwargs)
 
 
-data = make_prepared(n_per_class=40)
+class EpochLosses(keras.callbacks.Callback):
+    losses: list = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.losses.append(logs["loss"])
+
+
+# 144 training images: 9 full batches of 16, so no step is dropped with several replicas.
+data = make_prepared(n_per_class=47)
 repro.make_deterministic(0)
 with distribute.scope():
     network = build_model(ModelParams(arch="repo_student"), data.input_shape, data.num_classes, "student")
     model = TracedModel(network.inputs, network.outputs)
     summary = fit(model, (data.xy("train")[0], {LABELS: data.xy("train")[1]}),
                   (data.xy("val")[0], {LABELS: data.xy("val")[1]}),
-                  TrainParams(epochs=3, batch_size=16, learning_rate=0.003, amsgrad=False, patience=None), seed=0)
+                  TrainParams(epochs=3, batch_size=16, learning_rate=0.003, amsgrad=False, patience=None), seed=0,
+                  extra_callbacks=[EpochLosses()])
 print("RESULT " + json.dumps({
     "replicas_in_sync": strategy.num_replicas_in_sync,
     "traced_on": sorted(traced_on),
     "summary": summary,
+    "losses": EpochLosses.losses,
     "weights": [w.ravel().tolist() for w in network.get_weights()],
 }))

@@ -4,6 +4,7 @@ Real stages, real `dvc` CLI, real TensorFlow (tiny settings)."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, copy_repo, minimal_params, run_stage, sh, stages_run
+from conftest import ROOT, copy_repo, minimal_params, run_stage, sh, stage_env, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -64,31 +65,66 @@ def test_killed_stage_resumes_at_its_last_epoch_and_ends_with_the_same_weights(p
 DISTRIBUTED_FIT = ROOT / "tests/distributed_fit.py"
 
 
-def distributed_fit(strategy):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    result = subprocess.run([sys.executable, str(DISTRIBUTED_FIT), strategy], capture_output=True, text=True,
-                            timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def tf_config(ports, index):
+    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def result_of(stdout):
+    line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
-def test_mirrored_strategy_trains_on_two_cpu_replicas_close_to_one_device():
-    single, mirrored = distributed_fit("default"), distributed_fit("mirrored")
-    assert single["replicas_in_sync"] == 1 and mirrored["replicas_in_sync"] == 2
-    # The training step ran on both replicas (the loss is traced once per replica).
-    assert {0, 1} <= set(mirrored["traced_on"])
-    assert 1 not in single["traced_on"]
-    # Same data, seeds and global batches: the result differs only by float round-off and the
-    # replicas' own dropout masks; a wrongly reduced loss (mean per replica, not / global
-    # batch) would show as a different loss scale.
-    assert abs(single["summary"]["loss"] - mirrored["summary"]["loss"]) < 0.01
-    assert single["summary"]["val_accuracy"] == pytest.approx(mirrored["summary"]["val_accuracy"], abs=0.05)
-    diff = max(np.max(np.abs(np.array(a) - np.array(b))) for a, b in zip(single["weights"], mirrored["weights"]))
-    assert diff < 0.01, diff
+def distributed_fits(strategy, workers=1):
+    """Run the helper under ``strategy``, as ``workers`` processes (a cluster on loopback ports)."""
+    ports = free_ports(workers)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    processes = [subprocess.Popen([sys.executable, str(DISTRIBUTED_FIT), strategy], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**env, "TF_CONFIG": tf_config(ports, i)} if workers > 1 else env)
+                 for i in range(workers)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    return [result_of(out) for out, _ in outputs]
 
 
-def test_mirrored_stage_and_unavailable_multi_worker(tmp_path):
+def max_difference(a, b):
+    return max(np.max(np.abs(np.array(x) - np.array(y))) for x, y in zip(a["weights"], b["weights"]))
+
+
+def test_mirrored_replicas_and_two_workers_train_as_one_device():
+    """The same small fit (same data, seeds, global batches) on one device, on 2 logical CPU
+    devices (mirrored) and as 2 worker processes on loopback ports (multi_worker)."""
+    (single,), (mirrored,) = distributed_fits("default"), distributed_fits("mirrored")
+    chief, worker = distributed_fits("multi_worker", workers=2)
+    assert single["replicas_in_sync"] == 1
+    assert mirrored["replicas_in_sync"] == chief["replicas_in_sync"] == worker["replicas_in_sync"] == 2
+    # The training step ran on both replicas: both local ones, or one in each worker process.
+    assert {0, 1} <= set(mirrored["traced_on"]) and 1 not in single["traced_on"]
+    assert chief["traced_on"] == [0] and worker["traced_on"] == [1]
+    assert chief["losses"][-1] < 0.6 * chief["losses"][0]  # it learns
+    assert chief["weights"] == worker["weights"]  # the workers hold one model, bit for bit
+    assert chief["summary"] == worker["summary"]  # metrics reduced over both workers
+    # Each update is the single-device update up to float round-off: a wrongly scaled loss
+    # (mean per replica, not / global batch) or gradients summed twice would move them by far more.
+    for run in (mirrored, chief):
+        assert max_difference(single, run) < 1e-4
+        np.testing.assert_allclose(run["losses"], single["losses"], rtol=1e-4)
+        assert run["summary"]["val_accuracy"] == single["summary"]["val_accuracy"]
+
+
+def test_mirrored_stage_and_multi_worker_without_a_cluster(tmp_path):
     project = tmp_path / "p"
     project.mkdir()
     params = minimal_params(repeats=1, runtime={"strategy": "mirrored", "cpu_replicas": 2})
@@ -103,9 +139,33 @@ def test_mirrored_stage_and_unavailable_multi_worker(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     result = run_stage("train_teacher", project)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "runtime.strategy = multi_worker: not available" in result.stderr
-    assert "tensorflow/tensorflow#72388" in result.stderr
+    assert "runtime.strategy = multi_worker: set TF_CONFIG on every worker" in result.stderr
     assert not (project / "models/teacher.keras").exists()
+
+
+def test_a_training_stage_runs_under_dvc_repro_on_two_workers(pipeline_repo, tmp_path):
+    """The chief runs `dvc repro train_scratch` in its checkout; a second worker runs the same
+    stage's script in its own copy (as on a second host): the stage completes, DVC records it,
+    and the worker's checkout is left exactly as it was."""
+    repo = copy_repo(pipeline_repo, tmp_path / "chief")
+    set_params(repo, "runtime", strategy="multi_worker")
+    second_host = copy_repo(repo, tmp_path / "worker")
+    before = {p: p.stat().st_mtime_ns for p in second_host.rglob("*")}
+    ports = free_ports(2)
+    worker = subprocess.Popen([sys.executable, "-m", "stages.train_scratch"], cwd=second_host,
+                              env=stage_env(TF_CONFIG=tf_config(ports, 1)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    chief = sh(["dvc", "repro", "train_scratch"], repo, env={"TF_CONFIG": tf_config(ports, 0)})
+    worker_output = worker.communicate(timeout=300)[0]
+    assert worker.returncode == 0, worker_output[-3000:]
+    assert stages_run(chief.stdout) == {"train_scratch"}
+    assert "runtime: multi_worker strategy, 2 replicas on 2 workers (this is worker 0, the chief)" in chief.stdout
+    assert "(this is worker 1, writes nothing)" in worker_output
+    assert "Data and pipelines are up to date" in sh(["dvc", "status", "train_scratch"], repo).stdout
+    assert json.loads((repo / "metrics/train_scratch.json").read_text())["repeat_0"]["epochs_run"] >= 1
+    # The worker trained every repeat with the chief, and wrote nothing: no output, curve or checkpoint.
+    assert worker_output.count("student_scratch: repeat") == 2
+    assert {p: p.stat().st_mtime_ns for p in second_host.rglob("*")} == before
 
 
 def test_push_to_a_remote_then_a_fresh_clone_pulls_and_reruns_nothing(pipeline_repo, tmp_path):
