@@ -1,4 +1,5 @@
-"""Prepared data: the seeded stratified split of a source (see ``kdflow.sources``) and its files."""
+"""Prepared data: the seeded stratified split of a source (see ``kdflow.sources``) and its files:
+``data/prepared/<split>/x-00000.npy, ...`` and ``y-...`` (``kdflow.shards``) and ``meta.json``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from kdflow.errors import KdflowError
-from kdflow.io import RowBlocks, as_bytes, load_npz, read_json, save_npz, write_json
+from kdflow.io import RowBlocks, as_bytes, atomic_dir, read_json, write_json
 from kdflow.params import DataParams
-from kdflow.paths import PREPARED_DATA, PREPARED_DIR, PREPARED_META
+from kdflow.paths import PREPARED_DIR, PREPARED_META
+from kdflow.shards import ShardedArray
+from kdflow.shards import write as write_shards
 from kdflow.sources import RawData, load
 
 SPLITS = ("train", "val", "test")
+BLOCK_BYTES = 2**21  # prepare gathers, hashes and writes a split in blocks of about this size
 
 
 def split_indices(raw: RawData, cfg: DataParams, seed: int) -> dict[str, np.ndarray | None]:
@@ -57,14 +61,14 @@ class SplitArrays(Mapping):
         source, index = self._source(key)
         return source if index is None else source[index]
 
-    def rows(self, key: str, block_bytes: int = 2**21) -> RowBlocks:
-        """The same array as blocks of about ``block_bytes``: prepare hashes and writes each
+    def rows(self, key: str) -> RowBlocks:
+        """The same array as blocks of about BLOCK_BYTES: prepare hashes and writes each
         split without gathering it whole, so it holds the source and a block or two, not a
         second copy of the dataset."""
         source, index = self._source(key)
         if index is None:
             return RowBlocks.of(source)
-        block = max(1, block_bytes // max(1, source[:1].nbytes))
+        block = max(1, BLOCK_BYTES // max(1, source[:1].nbytes))
         return RowBlocks((len(index), *source.shape[1:]), source.dtype,
                          lambda: (source[index[i:i + block]] for i in range(0, len(index), block)))
 
@@ -95,7 +99,9 @@ def content_hash(arrays: Mapping[str, np.ndarray | RowBlocks]) -> str:
 
 
 def prepare(cfg: DataParams, seed: int) -> dict:
-    """Load, scale and split the dataset named in ``cfg``; write data.npz and meta.json."""
+    """Load, scale and split the dataset named in ``cfg``; write each split's shards and
+    meta.json (swapped in as one folder). The content hash is of the float32 images and the
+    labels, however they are stored."""
     raw = load(cfg)
     arrays = SplitArrays(raw, split_indices(raw, cfg, seed))
     rows = {key: arrays.rows(key) for key in arrays}
@@ -107,17 +113,20 @@ def prepare(cfg: DataParams, seed: int) -> dict:
         "sizes": arrays.sizes(),
         "content_hash": content_hash(rows),
     }
-    save_npz(PREPARED_DATA, rows)
-    write_json(PREPARED_META, meta)
+    with atomic_dir(PREPARED_DIR) as staging:
+        for key, blocks in rows.items():
+            axis, _, name = key.partition("_")
+            write_shards(staging / name, axis, blocks, pixels=axis == "x")
+        write_json(staging / PREPARED_META.name, meta)
     return meta
 
 
 @dataclass(frozen=True)
 class Prepared:
     meta: dict
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray | ShardedArray]  # x_<split>: images, y_<split>: class ids
 
-    def xy(self, split_name: str) -> tuple[np.ndarray, np.ndarray]:
+    def xy(self, split_name: str) -> tuple[np.ndarray | ShardedArray, np.ndarray]:
         return self.arrays[f"x_{split_name}"], self.arrays[f"y_{split_name}"]
 
     @property
@@ -135,13 +144,16 @@ class Prepared:
 
 
 def load_prepared(splits: tuple[str, ...] = SPLITS) -> Prepared:
-    """Read the prepared splits (only those asked for) and check them against meta.json."""
+    """The prepared splits (only those asked for), checked against meta.json: the images as
+    ``ShardedArray``s (read from disk as needed), the labels in memory."""
     meta = read_json(PREPARED_META, produced_by="prepare")
-    keys = tuple(f"{axis}_{name}" for name in splits for axis in ("x", "y"))
-    arrays = load_npz(PREPARED_DATA, keys, produced_by="prepare")
+    arrays = {}
     for name in splits:
-        if len(arrays[f"x_{name}"]) != meta["sizes"][name]:
+        x = ShardedArray(PREPARED_DIR / name, "x", pixels=True)
+        y = ShardedArray(PREPARED_DIR / name, "y")[:]
+        if not len(x) == len(y) == meta["sizes"][name] or list(x.shape[1:]) != meta["input_shape"]:
             raise KdflowError(
-                f"{PREPARED_DIR}: {name} split size does not match meta.json: rerun `dvc repro --force prepare`"
+                f"{PREPARED_DIR}: the {name} split does not match meta.json: rerun `dvc repro --force prepare`"
             )
+        arrays[f"x_{name}"], arrays[f"y_{name}"] = x, y
     return Prepared(meta, arrays)

@@ -145,39 +145,3 @@ class RowBlocks:
 def as_bytes(array: np.ndarray) -> memoryview:
     """The array's bytes in C order, without a copy where it is already contiguous."""
     return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")  # reshape: 0-d arrays too
-
-
-def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray | RowBlocks] | None = None, /, **more: Any) -> None:
-    """Like np.savez_compressed(path, **arrays, **more), but deterministic bytes and an atomic
-    write. The arrays are taken one at a time, in name order, and streamed into their zip
-    members straight from memory, without a serialized copy."""
-    arrays = {**(arrays or {}), **more}
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(arrays):
-            value = arrays[name]
-            rows = value if isinstance(value, RowBlocks) else RowBlocks.of(np.asarray(value))
-            if rows.dtype.hasobject:
-                raise ValueError(f"{name}: object arrays cannot be saved without pickle")
-            header = {"descr": np.lib.format.dtype_to_descr(rows.dtype), "fortran_order": False, "shape": rows.shape}
-            # Zip64 headers where writestr would put them (it decides from the known size).
-            with zf.open(_fixed_zip_info(f"{name}.npy"), "w", force_zip64=rows.nbytes * 1.05 > zipfile.ZIP64_LIMIT) as member:
-                np.lib.format.write_array_header_1_0(member, header)
-                for block in rows.blocks():
-                    member.write(as_bytes(block))
-
-
-def load_npz(path: str | Path, keys: tuple[str, ...], *, produced_by: str) -> dict[str, np.ndarray]:
-    path = Path(path)
-    rerun = f"rerun `dvc repro --force {produced_by}`"
-    if not path.exists():
-        raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in keys if k not in npz.files]
-            if missing:
-                raise KdflowError(f"{path} lacks arrays {missing}: {rerun}")
-            return {k: npz[k] for k in keys}
-    except KdflowError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise KdflowError(f"{path} is unreadable ({exc}): {rerun}") from None

@@ -9,10 +9,8 @@ from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
 PREPARED_DIR = Path("data/prepared")
-PREPARED_DATA = PREPARED_DIR / "data.npz"
 PREPARED_META = PREPARED_DIR / "meta.json"
 SOFT_TARGETS_DIR = Path("data/soft_targets")
-SOFT_TARGETS = SOFT_TARGETS_DIR / "logits.npz"
 MODELS_DIR = Path("models")
 EXPORT_DIR = Path("export")
 REPORTS_DIR = Path("reports")
@@ -20,6 +18,7 @@ METRICS_DIR = Path("metrics")
 LIVE_DIR = Path("dvclive")  # dvclive curves (and evaluate's confusion plots), one folder per stage
 # Not DVC outputs (git- and dvc-ignored): they may differ from run to run.
 RUNS_DIR = Path(".kdflow/runs")  # per-epoch training checkpoints (kdflow.resume)
+SCRATCH_DIR = Path(".kdflow/scratch")  # prepare's copy of an image folder, removed when it ends
 TIMINGS_DIR = Path("timings")    # wall-clock latency measured by export and evaluate
 LOGS_DIR = Path("logs")          # tracebacks of unexpected errors
 # Written by the recipe search (kdflow.search), outside the pipeline: commit it with the recipe it chose.

@@ -5,6 +5,11 @@ teacher's hint layer. On the training split they are cached for every augmented 
 image (``kdflow.views``: [images, views, ...], with the view table they were computed on);
 on the validation split for the images as they are. The students rebuild each view they see,
 so the cache is exactly what the teacher would produce online for it.
+
+Stored as shards (``data/soft_targets/<key>-00000.npy``, ..., ``kdflow.shards``) with a
+``meta.json`` naming the prepared data they were computed on. ``distill`` loads them whole:
+views x classes floats per image (320 bytes at 8 views and 10 classes; ``views.top_k`` keeps
+it small for many classes).
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import numpy as np
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
 from kdflow.evaluation import INFERENCE_BATCH_SIZE
-from kdflow.io import load_npz, save_npz
-from kdflow.paths import SOFT_TARGETS
+from kdflow.io import RowBlocks, atomic_dir, read_json, write_json
+from kdflow.paths import SOFT_TARGETS_DIR
+from kdflow.shards import ShardedArray
+from kdflow.shards import write as write_shards
 from kdflow.views import Views
 from kdflow.views import apply as apply_view
 
@@ -95,35 +102,44 @@ def full_logits(values: np.ndarray, classes: np.ndarray, rest: np.ndarray, num_c
     return logits
 
 
-def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS) -> None:
-    # The data hash ties the cache to the exact prepared data it was computed on.
-    save_npz(path, data_hash=np.array(data.meta["content_hash"]), **cache)
+META = "meta.json"
+
+
+def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS_DIR) -> None:
+    """Write every array of ``cache`` as shards, swapped in as one folder."""
+    with atomic_dir(path) as staging:
+        for key, value in cache.items():
+            write_shards(staging, key, RowBlocks.of(np.asarray(value)))
+        # The data hash ties the cache to the exact prepared data it was computed on.
+        write_json(staging / META, {"data_hash": data.meta["content_hash"], "keys": sorted(cache)})
+
+
+def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {key: ShardedArray(path, key, produced_by="soft_targets")[:] for key in keys}
 
 
 def load(data: Prepared, views: Views | None, with_features: bool = False,
-         path: Path = SOFT_TARGETS) -> dict[str, np.ndarray]:
+         path: Path = SOFT_TARGETS_DIR) -> dict[str, np.ndarray]:
     """The cache, checked against the prepared data and against ``views`` (the view table the
     student side derived from the params: it must be the one the teacher saw)."""
-    feature_keys = tuple(f"{s}_features" for s in SPLITS) if with_features else ()
     rerun = "rerun `dvc repro soft_targets`"
-    arrays = load_npz(path, ("data_hash", "val"), produced_by="soft_targets")
-    try:
-        arrays.update(load_npz(path, ("train",), produced_by="soft_targets"))
-    except KdflowError:  # cached as the top k (views.top_k)
-        top = load_npz(path, TOP_K_KEYS, produced_by="soft_targets")
-        arrays["train"] = full_logits(*(top[key] for key in TOP_K_KEYS), data.num_classes)
-    if str(arrays.pop("data_hash")) != data.meta["content_hash"]:
+    meta = read_json(path / META, produced_by="soft_targets")
+    if meta.get("data_hash") != data.meta["content_hash"]:
         raise KdflowError(f"{path} was computed on other prepared data: {rerun}")
-    if feature_keys:
-        try:
-            arrays.update(load_npz(path, feature_keys, produced_by="soft_targets"))
-        except KdflowError:
-            raise KdflowError(f"{path} holds no teacher features (needed by fitnet): {rerun}") from None
+    stored = set(meta.get("keys", ()))
+    arrays = _read(path, ("val",))
+    if "train" in stored:
+        arrays.update(_read(path, ("train",)))
+    else:  # cached as the top k (views.top_k)
+        top = _read(path, TOP_K_KEYS)
+        arrays["train"] = full_logits(*(top[key] for key in TOP_K_KEYS), data.num_classes)
+    if with_features:
+        feature_keys = tuple(f"{s}_features" for s in SPLITS)
+        if not stored.issuperset(feature_keys):
+            raise KdflowError(f"{path} holds no teacher features (needed by fitnet): {rerun}")
+        arrays.update(_read(path, feature_keys))
     if views is not None:
-        try:
-            cached_table = load_npz(path, (VIEW_TABLE,), produced_by="soft_targets")[VIEW_TABLE]
-        except KdflowError:
-            cached_table = None
+        cached_table = _read(path, (VIEW_TABLE,))[VIEW_TABLE] if VIEW_TABLE in stored else None
         if cached_table is None or not np.array_equal(cached_table, views.table):
             raise KdflowError(f"{path} was computed for other views (seed or views.*): {rerun}")
     for name in SPLITS:

@@ -3,10 +3,17 @@
 Every loader returns RawData: float32 images in [0, 1] with a channel axis, and labels as they
 came (any integers or strings); ``encode_labels`` maps them to contiguous class ids. Bad input
 is refused with a KdflowError that names the file and the problem.
+
+An image folder is read image by image into scratch shards on disk (``kdflow.shards``), so a
+folder larger than memory works; an .npz file, the embedded digits and Keras' datasets are read
+whole, by `prepare` alone.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +22,23 @@ from typing import Callable
 import numpy as np
 
 from kdflow.errors import KdflowError
+from kdflow.io import RowBlocks
 from kdflow.params import DataParams
+from kdflow.paths import SCRATCH_DIR
+from kdflow.shards import ShardedArray
+from kdflow.shards import write as write_shards
 
 DOWNLOAD_TIMEOUT_S = 30
+IMAGE_BLOCK = 256  # images of a folder decoded at a time
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # what Keras' image loader reads
 
 
 @dataclass(frozen=True)
 class RawData:
-    """Images as float32 in [0, 1] with a channel axis, labels as int class ids."""
+    """Images as float32 in [0, 1] with a channel axis (in memory, or on disk for an image
+    folder), labels as int class ids."""
 
-    x: np.ndarray
+    x: np.ndarray | ShardedArray
     y: np.ndarray
     # The source's own test split, when it has one (kept as the test set).
     x_test: np.ndarray | None = None
@@ -139,17 +152,24 @@ def _load_image_dir(cfg: DataParams) -> RawData:
         dataset = keras.utils.image_dataset_from_directory(
             path, labels="inferred", label_mode="int", color_mode=cfg.color_mode,
             image_size=tuple(cfg.image_size), shuffle=False, batch_size=None, verbose=False)
-        images, labels = [], []
-        for image, label in dataset.as_numpy_iterator():
-            images.append(image)
-            labels.append(label)
+        labels = []
+
+        def blocks():
+            for images, block_labels in dataset.batch(IMAGE_BLOCK).as_numpy_iterator():
+                labels.append(block_labels)
+                yield images / 255.0  # float32 (NumPy keeps the array's type)
+        channels = 1 if cfg.color_mode == "grayscale" else 3
+        rows = RowBlocks((len(dataset.file_paths), *cfg.image_size, channels), np.dtype(np.float32), blocks)
+        SCRATCH_DIR.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="image_dir-", dir=SCRATCH_DIR))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # read by prepare, then not needed
+        write_shards(scratch, "x", rows)
     except (tf.errors.InvalidArgumentError, ValueError) as exc:
         bad = _first_unreadable_image(class_dirs)
         detail = f"{bad} is not a readable image" if bad else str(exc).strip().splitlines()[0][:200]
         raise KdflowError(f"{where}: {detail}") from None
     names = np.asarray(dataset.class_names)
-    x = np.stack(images).astype(np.float32) / 255.0
-    return encode_labels(RawData(x, names[np.asarray(labels)]), where)
+    return encode_labels(RawData(ShardedArray(scratch, "x"), names[np.concatenate(labels)]), where)
 
 
 def _first_unreadable_image(class_dirs: list[Path]) -> Path | None:

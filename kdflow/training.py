@@ -28,6 +28,7 @@ from kdflow.evaluation import INFERENCE_BATCH_SIZE
 from kdflow.objective import LABELS, TrainingModel
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
+from kdflow.shards import ShardedArray
 from kdflow.tracking import LearningRateLogger
 from kdflow.views import Views
 from kdflow.views import apply as apply_view
@@ -41,15 +42,17 @@ MONITOR = "val_hard_ce"
 STEPS_PER_EXECUTION = 16
 
 Targets = Mapping[str, np.ndarray]  # see kdflow.objective: labels (+ teacher_logits, teacher_features)
+Images = np.ndarray | ShardedArray  # in memory, or the prepared images on disk
 
 
-def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | None = None,
+def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None = None,
                  epochs: range = range(1), views: Views | None = None,
                  replicas: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """In-memory tf.data pipeline. Without a seed: one pass in order (validation). With a seed:
-    the batches of ``epochs``, each epoch in its own order, a function of (seed, epoch number)
-    only, so a run resumed at epoch k reads exactly the batches an uninterrupted run reads.
-    Batches are gathered by index from the arrays loaded once (no shuffle buffer copy).
+    """The batches of (images, targets), gathered by index: from the images on disk for a
+    ``ShardedArray`` (only the rows of each batch are read), or from one TF copy of an array
+    in memory. Without a seed: one pass in order (validation). With a seed: the batches of
+    ``epochs``, each epoch in its own order, a function of (seed, epoch number) only, so a run
+    resumed at epoch k reads exactly the batches an uninterrupted run reads.
 
     With ``views``, each sample is the view ``kdflow.views.choice(seed, epoch)`` picks for it,
     built on the fly, and every target but the labels is given per view ([images, views, ...]):
@@ -60,10 +63,8 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
     ``_replica_share``), and the training epochs hold full global batches only."""
     targets = {key: _as_target(key, value) for key, value in targets.items()}
     share = _replica_share(replicas)
-    if seed is None:
-        ds = tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch_size)
-        return (ds if share is None else ds.flat_map(share)).prefetch(tf.data.AUTOTUNE)
-    x_all, t_all = _images_as_tensor(x), {key: tf.constant(value) for key, value in targets.items()}
+    rows = _row_reader(x)
+    t_all = {key: tf.constant(value) for key, value in targets.items()}
     n = len(x)
     if views is not None:
         view_table = tf.constant(views.table)
@@ -73,18 +74,21 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
                                   f"{views.table.shape[:2]}: rerun `dvc repro soft_targets`")
 
     def epoch_batches(epoch):
-        seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed_pair)
-        if views is None:
-            batches = tf.data.Dataset.from_tensor_slices(order)
+        if seed is None:
+            batches = tf.data.Dataset.range(n, output_type=tf.int32)
         else:
-            chosen = tf.gather(view_choice(seed, epoch, n, views.count), order)
-            batches = tf.data.Dataset.from_tensor_slices((order, chosen))
-        batches = batches.batch(batch_size, drop_remainder=share is not None)
+            seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed_pair)
+            if views is None:
+                batches = tf.data.Dataset.from_tensor_slices(order)
+            else:
+                chosen = tf.gather(view_choice(seed, epoch, n, views.count), order)
+                batches = tf.data.Dataset.from_tensor_slices((order, chosen))
+        batches = batches.batch(batch_size, drop_remainder=share is not None and seed is not None)
         return batches if share is None else batches.flat_map(share)  # indices: each worker gathers its share
 
     def gather(idx, view=None):
-        images = tf.gather(x_all, idx)
+        images = rows(idx)
         if view is None:
             return images, {key: tf.gather(t, idx) for key, t in t_all.items()}
         at = tf.stack([idx, view], axis=1)
@@ -95,6 +99,19 @@ def make_dataset(x: np.ndarray, targets: Targets, batch_size: int, seed: int | N
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
     ds = ds.map(gather)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _row_reader(x: Images):
+    """idx -> the images of those rows, as a TF function of the index batch."""
+    if isinstance(x, np.ndarray):
+        x_all = _images_as_tensor(x)
+        return lambda idx: tf.gather(x_all, idx)
+
+    def read(idx):
+        images = tf.numpy_function(x.take, [idx], tf.float32, stateful=False)
+        images.set_shape([None, *x.shape[1:]])
+        return images
+    return read
 
 
 def _replica_share(context: tf.distribute.InputContext | None):
@@ -109,12 +126,12 @@ def _replica_share(context: tf.distribute.InputContext | None):
     first = context.input_pipeline_id * local
 
     def share(*batch):
-        rows = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+        rows = tf.shape(tf.nest.flatten(batch)[0])[0]
 
         def part(j):
             lo, hi = (first + j) * rows // replicas, (first + j + 1) * rows // replicas
             return tf.nest.map_structure(lambda t: t[lo:hi], batch if len(batch) > 1 else batch[0])
-        return tf.data.Dataset.range(local).map(part)
+        return tf.data.Dataset.range(local, output_type=tf.int32).map(part)
     return share
 
 
@@ -220,8 +237,8 @@ def _metrics(model: TrainingModel, prefix: str = "") -> dict[str, float]:
 
 def fit(
     model: TrainingModel,
-    train: tuple[np.ndarray, Targets],
-    val: tuple[np.ndarray, Targets],
+    train: tuple[Images, Targets],
+    val: tuple[Images, Targets],
     cfg: TrainParams,
     seed: int,
     extra_callbacks: list[keras.callbacks.Callback] = (),

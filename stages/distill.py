@@ -14,13 +14,13 @@ def main() -> None:
     from kdflow import artifacts, distribute, recipes, resume, soft_targets
     from kdflow.data import load_prepared
     from kdflow.io import atomic_dir, write_json
-    from kdflow.paths import PREPARED_DIR, SOFT_TARGETS, live_dir, metrics_file
+    from kdflow.paths import PREPARED_DIR, SOFT_TARGETS_DIR, live_dir, metrics_file
 
     distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
     train_views = recipes.training_views(params, data)
     cache = soft_targets.load(data, train_views, with_features=params.distill.needs_teacher_features)
-    with resume.run_dir("distill", params, [PREPARED_DIR, SOFT_TARGETS]) as run_dir:
+    with resume.run_dir("distill", params, [PREPARED_DIR, SOFT_TARGETS_DIR]) as run_dir:
         with atomic_dir(live_dir("distill")) as log_dir:
             students = recipes.train_students(params, data, cache, train_views=train_views,
                                               log_dir=log_dir, run_dir=run_dir)

@@ -38,27 +38,66 @@ def test_source_test_set_is_kept():
     assert len(parts["val"][1]) == 30 and len(parts["train"][1]) == 270
 
 
-def test_prepare_mnist5k_writes_reproducible_files(in_tmp):
+def prepared_files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.joinpath("data/prepared").rglob("*"))
+            if p.is_file()}
+
+
+def test_prepare_mnist5k_writes_reproducible_uint8_shards(in_tmp):
     meta = prepare(DataParams(), seed=42)
     assert meta["num_classes"] == 10 and meta["input_shape"] == [28, 28, 1]
     assert meta["sizes"] == {"train": 3500, "val": 500, "test": 1000}
-    first = (in_tmp / "data/prepared/data.npz").read_bytes()
+    first = prepared_files(in_tmp)
     prepare(DataParams(), seed=42)
-    assert (in_tmp / "data/prepared/data.npz").read_bytes() == first  # byte-identical: stable DVC hash
+    assert prepared_files(in_tmp) == first  # byte-identical: stable DVC hash
+    assert sorted(first) == [f"data/prepared/{name}" for name in (
+        "meta.json", "test/x-00000.npy", "test/y-00000.npy", "train/x-00000.npy", "train/y-00000.npy",
+        "val/x-00000.npy", "val/y-00000.npy")]  # no temp files left
+    # 8-bit digits are stored as 8 bits and read back as the float32 pixels the source gave
+    stored = np.load(in_tmp / "data/prepared/train/x-00000.npy")
+    assert stored.dtype == np.uint8 and stored.shape == (3500, 28, 28, 1)
     data = load_prepared()
     x, y = data.xy("train")
-    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert x.dtype == np.float32 and 0.0 <= x[:].min() and x[:].max() <= 1.0
+    np.testing.assert_array_equal(x[:], stored.astype(np.float32) / np.float32(255))
     assert json.loads((in_tmp / "data/prepared/meta.json").read_text()) == meta
-    assert list(in_tmp.joinpath("data/prepared").iterdir()).__len__() == 2  # no temp files left
 
 
 def test_load_prepared_names_the_stage_to_rerun(in_tmp):
     with pytest.raises(KdflowError, match=r"run `dvc repro prepare` first"):
         load_prepared()
     prepare(DataParams(), seed=1)
-    (in_tmp / "data/prepared/data.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(KdflowError, match=r"unreadable .*dvc repro --force prepare"):
+    (in_tmp / "data/prepared/train/x-00000.npy").write_bytes(b"\x93NUMPY truncated")
+    with pytest.raises(KdflowError, match=r"corrupt .*dvc repro --force prepare"):
         load_prepared()
+
+
+def test_sharded_arrays_read_what_was_written_in_any_order(tmp_path, monkeypatch):
+    """Many small shards: slices across shard borders, index arrays in any order; pixels are
+    stored as uint8 only where that is exact."""
+    from kdflow import shards
+    from kdflow.io import RowBlocks
+
+    monkeypatch.setattr(shards, "SHARD_BYTES", 7 * 4 * 4)  # 7 rows of 4 float32 per shard
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(50, 4)).astype(np.float32) / np.float32(255)
+    blocks = RowBlocks(pixels.shape, pixels.dtype, lambda: iter(np.array_split(pixels, 6)))
+    assert shards.write(tmp_path / "a", "x", blocks, pixels=True) == [7] * 7 + [1]
+    assert {np.load(f).dtype for f in (tmp_path / "a").glob("x-*.npy")} == {np.dtype(np.uint8)}
+    array = shards.ShardedArray(tmp_path / "a", "x", pixels=True)
+    assert array.shape == (50, 4) and len(array) == 50 and array.dtype == np.float32
+    np.testing.assert_array_equal(array[:], pixels)
+    np.testing.assert_array_equal(array[5:23], pixels[5:23])
+    index = rng.permutation(50)[:17]
+    np.testing.assert_array_equal(array[index], pixels[index])
+    np.testing.assert_array_equal(array[np.array([-1, 0])], pixels[[-1, 0]])
+    with pytest.raises(IndexError):
+        array[np.array([50])]
+    # one value that is not k/255 and the whole array stays float32, bit for bit
+    pixels[33, 2] += np.float32(1e-3)
+    shards.write(tmp_path / "b", "x", blocks, pixels=True)
+    assert {np.load(f).dtype for f in (tmp_path / "b").glob("x-*.npy")} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(shards.ShardedArray(tmp_path / "b", "x", pixels=True)[:], pixels)
 
 
 def test_keras_dataset_offline_fails_fast_with_advice(in_tmp, monkeypatch):
@@ -78,13 +117,9 @@ def test_keras_dataset_offline_fails_fast_with_advice(in_tmp, monkeypatch):
 def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tmp, monkeypatch):
     """prepare hashes and writes each split in blocks of rows: besides the source it holds one
     block, not a gathered split (NumPy's allocations are traced by tracemalloc)."""
-    import hashlib
-    import io
     import tracemalloc
-    import zipfile
 
     import kdflow.data as data_module
-    from kdflow.io import RowBlocks, save_npz
     from kdflow.sources import encode_labels
 
     raw = synthetic_raw(n=6000)  # 6,000 x 4x4x1 float32 + labels, sorted by class
@@ -99,16 +134,10 @@ def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tm
         tracemalloc.stop()
     assert peak < 0.3 * raw.x.nbytes, peak  # a gathered train split alone would be 0.7 of it
 
-    # The same file and hash as the arrays gathered whole.
+    # The same rows and hash as the arrays gathered whole.
     parts = split(raw, cfg, seed=0)
     arrays = {f"{axis}_{name}": part[i] for name, part in parts.items() for i, axis in enumerate("xy")}
-    save_npz(in_tmp / "whole.npz", **arrays)
-    assert (in_tmp / "whole.npz").read_bytes() == (in_tmp / "data/prepared/data.npz").read_bytes()
     assert meta["content_hash"] == data_module.content_hash(arrays)
-    # and what np.savez writes, member for member (a 0-d string array included)
-    save_npz(in_tmp / "small.npz", {"a": RowBlocks.of(np.arange(6.0).reshape(2, 3))}, h=np.array("abc"))
-    reference = io.BytesIO()
-    np.savez(reference, a=np.arange(6.0).reshape(2, 3), h=np.array("abc"))
-    with zipfile.ZipFile(in_tmp / "small.npz") as ours, zipfile.ZipFile(reference) as theirs:
-        for name in ("a.npy", "h.npy"):
-            assert hashlib.sha256(ours.read(name)).digest() == hashlib.sha256(theirs.read(name)).digest(), name
+    prepared = load_prepared()
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(np.asarray(prepared.arrays[key]), value)

@@ -98,7 +98,7 @@ def test_a_cache_of_other_views_is_refused(tmp_path):
     data = binary_data()
     teacher = exact_teacher(data.input_shape, data.num_classes)
     drawn = training_views(validate(minimal_params(views={"count": 4, "shift": 1})), data)
-    path = tmp_path / "logits.npz"
+    path = tmp_path / "soft_targets"
     soft_targets.save(soft_targets.compute(teacher, data, views=drawn), data, path)
     assert soft_targets.load(data, drawn, path=path)["train"].shape[1] == 4
     for other in ({"count": 4, "shift": 2}, {"count": 3, "shift": 1}):
@@ -132,8 +132,8 @@ def test_a_top_k_cache_keeps_the_top_probabilities_and_spreads_the_rest(tmp_path
     teacher = exact_teacher(data.input_shape, data.num_classes)
     cache = soft_targets.compute(teacher, data, views=drawn, top_k=2)
     assert "train" not in cache and cache["train_top_values"].shape[-1] == 2
-    soft_targets.save(cache, data, tmp_path / "logits.npz")
-    loaded = soft_targets.load(data, drawn, path=tmp_path / "logits.npz")["train"]
+    soft_targets.save(cache, data, tmp_path / "soft_targets")
+    loaded = soft_targets.load(data, drawn, path=tmp_path / "soft_targets")["train"]
     full = soft_targets.compute(teacher, data, views=drawn)["train"]
     assert loaded.shape == full.shape
     np.testing.assert_array_equal(loaded.argmax(-1), full.argmax(-1))

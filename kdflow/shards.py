@@ -1,0 +1,136 @@
+"""Arrays kept on disk as shards of rows (``<name>-00000.npy``, ...), read through memory maps.
+
+The prepared splits live this way, so no stage after `prepare` holds a dataset whole: a
+``ShardedArray`` reads only the rows it is asked for. Images are stored as uint8 wherever the
+pixels are exactly k/255 (8-bit sources: the embedded digits, integer .npz arrays), else as
+float32; either way a read gives float32 in [0, 1], bit for bit the values `prepare` computed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from kdflow.errors import KdflowError
+from kdflow.io import RowBlocks, as_bytes, atomic_path
+
+SHARD_BYTES = 32 * 2**20  # a shard holds about this many bytes of rows (as the source gives them)
+
+
+def _exact_as_uint8(block: np.ndarray) -> bool:
+    """Whether float32 images ``block`` are all k/255, so that uint8 stores them exactly."""
+    levels = np.rint(block * np.float32(255.0))
+    if levels.size and (levels.min() < 0 or levels.max() > 255):
+        return False
+    return np.array_equal(_scaled(levels.astype(np.uint8)).view(np.uint32), block.view(np.uint32))  # bitwise
+
+
+def _scaled(pixels: np.ndarray) -> np.ndarray:
+    scaled = pixels.astype(np.float32)
+    scaled /= np.float32(255.0)  # float32 division: the values sources.py computes
+    return scaled
+
+
+def write(folder: Path, name: str, rows: RowBlocks, pixels: bool = False) -> list[int]:
+    """Write ``rows`` as ``folder/name-00000.npy``, ... of about SHARD_BYTES each, streaming
+    block by block (memory: one block); with ``pixels``, as uint8 if every value is exactly
+    k/255 (checked in a first pass over the blocks). Return the number of rows in each shard."""
+    stored = rows.dtype
+    if pixels and rows.dtype == np.float32 and all(_exact_as_uint8(np.asarray(b)) for b in rows.blocks()):
+        stored = np.dtype(np.uint8)
+    row_shape = rows.shape[1:]
+    per_shard = max(1, SHARD_BYTES // max(1, int(np.prod(row_shape, dtype=np.int64)) * rows.dtype.itemsize))
+    total = rows.shape[0]
+    counts = [min(per_shard, total - start) for start in range(0, total, per_shard)] or [0]
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = (np.asarray(b) for b in rows.blocks())
+    pending = np.empty((0, *row_shape), rows.dtype)
+    for shard, count in enumerate(counts):
+        with atomic_path(folder / f"{name}-{shard:05d}.npy") as tmp, open(tmp, "wb") as f:
+            header = {"descr": np.lib.format.dtype_to_descr(stored), "fortran_order": False,
+                      "shape": (count, *row_shape)}
+            np.lib.format.write_array_header_1_0(f, header)
+            left = count
+            while left:
+                if not len(pending):
+                    pending = next(blocks)
+                part, pending = pending[:left], pending[left:]
+                f.write(as_bytes(np.rint(part * np.float32(255.0)).astype(np.uint8) if stored != rows.dtype else part))
+                left -= len(part)
+    return counts
+
+
+class ShardedArray:
+    """The shards ``folder/name-*.npy`` as one read-only array of rows: ``len``, ``shape``,
+    slices and integer index arrays (``a[3:7]``, ``a[np.array([5, 1])]``) read just those
+    rows. With ``pixels``, uint8 shards read as float32 / 255."""
+
+    def __init__(self, folder: Path, name: str, pixels: bool = False, produced_by: str = "prepare"):
+        files = sorted(Path(folder).glob(f"{name}-[0-9][0-9][0-9][0-9][0-9].npy"))
+        if not files:
+            raise KdflowError(f"{folder}/{name}-*.npy is missing: run `dvc repro {produced_by}` first")
+        try:
+            self._shards = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]
+        except (OSError, ValueError) as exc:
+            raise KdflowError(f"{folder}/{name}-*.npy is corrupt ({exc}): rerun `dvc repro --force {produced_by}`") from None
+        row_shapes = {s.shape[1:] for s in self._shards}
+        if len(row_shapes) != 1:
+            raise KdflowError(f"{folder}/{name}-*.npy: shards of different row shapes: rerun `dvc repro --force {produced_by}`")
+        self.pixels = pixels
+        self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+        self.shape = (int(self._starts[-1]), *row_shapes.pop())
+        self.dtype = np.dtype(np.float32) if pixels else self._shards[0].dtype
+        self.stored_bytes = sum(s.nbytes for s in self._shards)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, shard: int, rows) -> np.ndarray:
+        block = np.asarray(self._shards[shard][rows])
+        if self.pixels and block.dtype == np.uint8:
+            return _scaled(block)
+        return block.astype(self.dtype, copy=False)
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            first = max(0, int(np.searchsorted(self._starts, start, side="right")) - 1)
+            parts = []
+            for shard in range(first, len(self._shards)):
+                lo, hi = self._starts[shard], self._starts[shard + 1]
+                if lo >= stop:
+                    break
+                if hi > start:
+                    parts.append(self._read(shard, slice(max(start, lo) - lo, min(stop, hi) - lo)))
+            return np.concatenate(parts) if parts else np.empty((0, *self.shape[1:]), self.dtype)
+        index = np.asarray(index)
+        if index.ndim == 0:
+            return self[int(index):int(index) + 1][0]
+        index = np.where(index < 0, index + len(self), index).astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        shard_of = np.searchsorted(self._starts, index, side="right") - 1
+        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        for shard in np.unique(shard_of):
+            at = shard_of == shard
+            out[at] = self._read(shard, index[at] - self._starts[shard])
+        return out
+
+    take = __getitem__
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The rows shard by shard."""
+        for shard in range(len(self._shards)):
+            yield self._read(shard, slice(None))
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        return [len(s) for s in self._shards]
