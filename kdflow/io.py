@@ -1,8 +1,9 @@
-"""Atomic, byte-reproducible file writing and checked reading of arrays and JSON.
+"""Atomic, byte-reproducible file writing and checked reading of JSON.
 
 Every output goes to a temporary file in the destination folder and is renamed into place,
-so an interrupted stage never leaves a half-written file. Zip-based formats (.npz, .keras)
-are rewritten with fixed timestamps so the same content always hashes the same in DVC.
+so an interrupted stage never leaves a half-written file. Zip archives (.keras) are written
+with fixed timestamps so the same content always hashes the same in DVC. A non-chief worker
+of multi-worker training writes nothing of the project's (``discard_writes``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Arrays kept on disk as shards of rows (``<name>-00000.npy``, ...), read through memory maps.
 
 The prepared splits live this way, so no stage after `prepare` holds a dataset whole: a
-``ShardedArray`` reads only the rows it is asked for. Images are stored as uint8 wherever the
-pixels are exactly k/255 (8-bit sources: the embedded digits, integer .npz arrays), else as
+``ShardedArray`` reads only the rows it is asked for. Images are stored as uint8 when every
+pixel is exactly k/255 (8-bit sources: the embedded digits, integer .npz arrays), else as
 float32; either way a read gives float32 in [0, 1], bit for bit the values `prepare` computed.
 """
 

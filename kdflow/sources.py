@@ -4,7 +4,7 @@ Every loader returns RawData: float32 images in [0, 1] with a channel axis, and 
 came (any integers or strings); ``encode_labels`` maps them to contiguous class ids. Bad input
 is refused with a KdflowError that names the file and the problem.
 
-An image folder is read image by image into scratch shards on disk (``kdflow.shards``), so a
+An image folder is read 256 images at a time into scratch shards on disk (``kdflow.shards``), so a
 folder larger than memory works; an .npz file, the embedded digits and Keras' datasets are read
 whole, by `prepare` alone.
 """
