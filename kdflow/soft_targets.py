@@ -49,24 +49,26 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None, views: Vi
         outputs.append(keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature)
     extractor = keras.Model(teacher.inputs, outputs)
 
-    def run(x: np.ndarray, view: int | None = None) -> list[np.ndarray]:
-        # Batch by batch through predict's own compiled function (the same numbers as
-        # `predict`, which would first copy all of x into its tf.data pipeline).
+    def run(x, view_ids: range | None = None) -> list[np.ndarray]:
+        """The outputs for every row of x, read once, batch by batch: [rows, ...] as they are, or
+        [rows, views, ...] for each of ``view_ids``. Through predict's own compiled function (the
+        same numbers as `predict`, which would first copy all of x into its tf.data pipeline)."""
         batches = []
         for i in range(0, len(x), INFERENCE_BATCH_SIZE):
             batch = x[i:i + INFERENCE_BATCH_SIZE]
-            if view is not None:
-                batch = apply_view(batch, views.table[i:i + INFERENCE_BATCH_SIZE, view], views.max_shift)
-            out = extractor.predict_on_batch(batch)
-            batches.append(out if isinstance(out, list) else [out])
+            if view_ids is None:
+                batches.append(_as_list(extractor.predict_on_batch(batch)))
+                continue
+            per_view = [_as_list(extractor.predict_on_batch(
+                apply_view(batch, views.table[i:i + INFERENCE_BATCH_SIZE, v], views.max_shift))) for v in view_ids]
+            batches.append([np.stack(parts, axis=1) for parts in zip(*per_view)])
         return [np.concatenate(parts).astype(np.float32) for parts in zip(*batches)]
 
     cache = {}
     for name in SPLITS:
         x = data.xy(name)[0]
         if name == "train" and views is not None:
-            per_view = [run(x, v) for v in range(views.count)]
-            result = [np.stack(parts, axis=1) for parts in zip(*per_view)]  # [images, views, ...]
+            result = run(x, range(views.count))  # [images, views, ...]
             cache[VIEW_TABLE] = views.table
         else:
             result = run(x)
@@ -76,6 +78,10 @@ def compute(teacher, data: Prepared, feature_layer: str | None = None, views: Vi
     if 0 < top_k < data.num_classes:
         cache.update(top_k_form(cache.pop("train"), top_k))
     return cache
+
+
+def _as_list(out) -> list[np.ndarray]:
+    return out if isinstance(out, list) else [out]
 
 
 TOP_K_KEYS = ("train_top_values", "train_top_classes", "train_rest")
