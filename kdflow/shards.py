@@ -9,7 +9,6 @@ float32; either way a read gives float32 in [0, 1], bit for bit the values `prep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -82,7 +81,6 @@ class ShardedArray:
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
         self.shape = (int(self._starts[-1]), *row_shapes.pop())
         self.dtype = np.dtype(np.float32) if pixels else self._shards[0].dtype
-        self.stored_bytes = sum(s.nbytes for s in self._shards)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -125,12 +123,3 @@ class ShardedArray:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[:]
         return whole if dtype is None else whole.astype(dtype)
-
-    def blocks(self) -> Iterator[np.ndarray]:
-        """The rows shard by shard."""
-        for shard in range(len(self._shards)):
-            yield self._read(shard, slice(None))
-
-    @property
-    def shard_sizes(self) -> list[int]:
-        return [len(s) for s in self._shards]
