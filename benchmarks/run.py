@@ -110,36 +110,41 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
 
     import numpy as np
 
-    from kdflow import objective, repro, views
-    from kdflow.data import split
-    from kdflow.models import build_model
-    from kdflow.objective import LABELS, TEACHER_LOGITS, training_model
-    from kdflow.params import ModelParams, Params, TeacherParams, TrainParams, load_params
+    from kdflow import architectures, distillation, objective, repro, views
+    from kdflow.distillation import TEACHER_LOGITS
+    from kdflow.extensions import load_all, validate_all
+    from kdflow.objective import LABELS, training_model
+    from kdflow.params import TrainParams
     from kdflow.sources import load
+    from kdflow.splits import split
     from kdflow.training import fit
 
     # The training and validation arrays the stages train on: the committed params' split of the
     # embedded digits (3,500 / 500), so the steps per epoch, and with them the steps per compiled
     # call, are the stages' own (55 steps: 11 per call).
-    committed = load_params(ROOT / "params.yaml")
+    committed = load_all(ROOT / "params.yaml")
     splits = split(load(committed.data), committed.data, committed.seed)
     (x, y), (x_val, y_val) = splits["train"], splits["val"]
     x, y = x[:n_train], y[:n_train]
-    student_cfg = ModelParams(arch="notebook_student")
     # The committed default teacher (ResNet-20, 13x the student) and a 53x larger one.
-    teachers = {"default": committed.teacher, "large": TeacherParams(arch="resnet20_w2")}
+    bench = validate_all({"student": {"arch": "notebook_student"}, "teacher": {"arch": "resnet20_w2"},
+                          "alpha": 0.5, "temperature": 4.0})
+    student_cfg = bench.student
+    teachers = {"default": committed.teacher, "large": bench.teacher}
     cfg = TrainParams(epochs=epochs_per_round, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
-    params = Params(teacher=teachers["default"], student=student_cfg, alpha=0.5, temperature=4.0)
     shape, classes = x.shape[1:], 10
+
+    def distilled():
+        return distillation.objective(bench.alpha, bench.temperature, bench.distill)
 
     def student():
         repro.make_deterministic(seed)
-        return build_model(student_cfg, shape, classes, "student")
+        return architectures.build(student_cfg, shape, classes, "student")
 
     result = {"params": {}, "train_samples": len(x)}
     logits = {}
     for name, teacher_cfg in teachers.items():
-        teacher = build_model(teacher_cfg, shape, classes, f"teacher_{name}")
+        teacher = architectures.build(teacher_cfg, shape, classes, f"teacher_{name}")
         result["params"][f"teacher_{name}"] = int(teacher.count_params())
         # Timing only: an untrained teacher's logits cost the same to read as a trained one's.
         logits[name] = (teacher, teacher.predict(x, batch_size=512, verbose=0),
@@ -192,11 +197,11 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
     for name in teachers:  # next to scratch in every round's order
         variants[f"distill_cached_{name}_teacher"] = ours(
             {**labels, TEACHER_LOGITS: logits[name][1]}, {**val_labels, TEACHER_LOGITS: logits[name][2]},
-            objective.distillation(params))
+            distilled())
     variants["scratch_views"] = ours(labels, val_labels, on_views=True)
     variants["distill_views_default_teacher"] = ours(
         {**labels, TEACHER_LOGITS: view_logits}, {**val_labels, TEACHER_LOGITS: logits["default"][2]},
-        objective.distillation(params), on_views=True)
+        distilled(), on_views=True)
     assert tuple(variants) == SPEED_VARIANTS
     for train_round in variants.values():
         train_round()  # tracing and warm-up, not timed
@@ -313,7 +318,7 @@ def run_measured(args, cwd, log: Path | None = None) -> tuple[float, float]:
 
 
 BASELINE_SNIPPET = ("import keras, tensorflow as tf, sklearn, scipy, dvclive; "
-                    "from kdflow import recipes, comparison, report, soft_targets")
+                    "from kdflow import students, teacher, comparison, report, soft_targets")
 # The same imports, the prepared data and one plain `model.fit` of a model (the stage's teacher or
 # student) on it, with the stage's batch size and a validation pass as the stages have: what Keras
 # itself needs to hold this data and train this model (graphs, kernels, allocator pools, its own
@@ -321,13 +326,13 @@ BASELINE_SNIPPET = ("import keras, tensorflow as tf, sklearn, scipy, dvclive; "
 PLAIN_FIT_SNIPPET = BASELINE_SNIPPET + """
 import sys
 import numpy as np
+from kdflow import architectures
 from kdflow.data import load_prepared
-from kdflow.models import build_model
 from kdflow.params import load_params
 data = load_prepared(("train", "val", "test"))
-params, role = load_params(), sys.argv[1]
+params, role = load_params(architectures.FAMILIES), sys.argv[1]
 cfg = params.train_teacher if role == "teacher" else params.train_student
-m = build_model(getattr(params, role), data.input_shape, data.num_classes, "m")
+m = architectures.build(getattr(params, role), data.input_shape, data.num_classes, "m")
 m.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 (x, y), (x_val, y_val) = data.xy("train"), data.xy("val")
 m.fit(np.asarray(x), y, batch_size=cfg.batch_size, epochs=2, validation_data=(np.asarray(x_val), y_val), verbose=0)
@@ -497,16 +502,16 @@ def streaming_throughput(scales: tuple[int, ...], rounds: int = 3, epochs_per_ro
     ``training_speed``; an A/A control (a second in-memory student) shows the noise."""
     import numpy as np
 
-    from kdflow import repro, shards, views
-    from kdflow.data import split
+    from kdflow import architectures, repro, shards, views
+    from kdflow.extensions import load_all
     from kdflow.io import RowBlocks
-    from kdflow.models import build_model
     from kdflow.objective import LABELS, training_model
-    from kdflow.params import ModelParams, TrainParams, load_params
+    from kdflow.params import TrainParams
     from kdflow.sources import load
+    from kdflow.splits import split
     from kdflow.training import fit
 
-    committed = load_params(ROOT / "params.yaml")
+    committed = load_all(ROOT / "params.yaml")
     splits = split(load(committed.data), committed.data, committed.seed)
     (x1, y1), (x_val, y_val) = splits["train"], splits["val"]
     cfg = TrainParams(epochs=epochs_per_round, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
@@ -522,7 +527,7 @@ def streaming_throughput(scales: tuple[int, ...], rounds: int = 3, epochs_per_ro
 
             def variant(images, val_images):
                 repro.make_deterministic(0)
-                model = training_model(build_model(ModelParams(arch="notebook_student"), x.shape[1:], 10, "student"))
+                model = training_model(architectures.build(committed.student, x.shape[1:], 10, "student"))
 
                 def train_round():
                     timer = EpochTimer()
@@ -556,7 +561,7 @@ def startup(repeats: int = 5) -> dict:
     python = sys.executable
     return {
         "python_noop_s": round(median_wall([python, "-c", "pass"]), 3),
-        "validate_params_s": round(median_wall([python, "-c", "from kdflow.params import load_params; load_params()"]), 3),
+        "validate_params_s": round(median_wall([python, "-c", "from kdflow.extensions import load_all; load_all()"]), 3),
         "import_tensorflow_keras_s": round(median_wall([python, "-c", "import keras, tensorflow"]), 3),
         "stage_imports_s": round(median_wall([python, "-c", BASELINE_SNIPPET]), 3),
     }

@@ -1,19 +1,39 @@
-"""Model architectures as data: the spec and ResNet forms and the named presets.
+"""The architecture families (an extension point, kdflow.registry) and the named presets.
 
-Kept free of TensorFlow (the params schema validates against these); kdflow.models builds them.
+A family is one entry: its name, its params section (the knobs of ``arch: <family>``, given as
+the ``<family>:`` sub-section of ``teacher`` or ``student``) and its builder, which returns a
+Keras model that outputs logits (the softmax lives in the loss). A preset names a family with
+fixed knobs (``resnet20``). Every model takes its input shape and class count from the prepared
+data. Keras is imported only when a model is built, so the schema stays free of TensorFlow.
+
+Adding a family: a section class, a builder, one ``FAMILIES.add`` line (docs/extending.md).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from kdflow.params import ModelParams, StrictSection, TeacherParams, compose_section
+from kdflow.registry import Registry
 
 
-class StrictSection(BaseModel):
-    """A params section: strict types (no silent "0.5" -> 0.5 or true -> 1), unknown keys are
-    errors (a misspelt key is never ignored), immutable once validated."""
+@dataclass(frozen=True)
+class Family:
+    name: str
+    section: type[StrictSection]
+    build: Callable[[Any, tuple[int, ...], int, str], Any]  # (knobs, input shape, classes, name) -> keras.Model
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
+@dataclass(frozen=True)
+class Preset:
+    family: str
+    knobs: StrictSection
+
+
+# ---- spec: a plain CNN/MLP ----------------------------------------------------------------------
 
 class ArchSpec(StrictSection):
     """A plain CNN/MLP: conv blocks (conv -> [batch-norm] -> relu -> max-pool), flatten,
@@ -35,6 +55,32 @@ class ArchSpec(StrictSection):
         return self
 
 
+def build_from_spec(spec: ArchSpec, input_shape: tuple[int, ...], num_classes: int, name: str):
+    """conv blocks -> flatten -> dense blocks -> Dense(num_classes) logits."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    h = inputs
+    for i, filters in enumerate(spec.conv_filters):
+        h = keras.layers.Conv2D(filters, spec.kernel_size, use_bias=not spec.batch_norm, name=f"conv{i}")(h)
+        if spec.batch_norm:
+            h = keras.layers.BatchNormalization(name=f"bn{i}")(h)
+        h = keras.layers.ReLU(name=f"relu{i}")(h)
+        if spec.pool_size > 1:
+            h = keras.layers.MaxPooling2D(spec.pool_size, name=f"pool{i}")(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    for i, units in enumerate(spec.dense_units):
+        h = keras.layers.Dense(units, activation="relu", name=f"dense{i}")(h)
+        if spec.dropout > 0:
+            h = keras.layers.Dropout(spec.dropout, name=f"dropout{i}")(h)
+    if spec.dropout > 0 and not spec.dense_units:
+        h = keras.layers.Dropout(spec.dropout, name="dropout")(h)
+    logits = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, logits, name=name)
+
+
+# ---- resnet: the CIFAR-style residual family -------------------------------------------------------
+
 class ResNetSpec(StrictSection):
     """A CIFAR-style residual CNN (He et al. 2016): a 3x3 stem, then stages of basic blocks
     (two 3x3 conv + batch-norm, identity or 1x1 projection shortcut); each stage after the first
@@ -53,17 +99,89 @@ class ResNetSpec(StrictSection):
         return self
 
 
-# The two reference workflows' models (docs/params.md), as specs: one builder serves all.
-PRESETS: dict[str, ArchSpec | ResNetSpec] = {
+def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: int, name: str):
+    """CIFAR-style ResNet: stem -> stages of basic blocks -> global average pool -> logits."""
+    import keras
+
+    def conv_bn(h, filters, strides, label, relu=True):
+        h = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                                kernel_initializer="he_normal", name=f"{label}_conv")(h)
+        h = keras.layers.BatchNormalization(name=f"{label}_bn")(h)
+        return keras.layers.ReLU(name=f"{label}_relu")(h) if relu else h
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    h = conv_bn(inputs, max(1, round(spec.base_filters * spec.width)), 1, "stem")
+    for stage, blocks in enumerate(spec.blocks_per_stage):
+        filters = max(1, round(spec.base_filters * spec.width * 2**stage))
+        for block in range(blocks):
+            label = f"stage{stage}_block{block}"
+            strides = 2 if stage > 0 and block == 0 else 1
+            shortcut = h
+            if strides != 1 or h.shape[-1] != filters:  # projection shortcut where the shape changes
+                shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False,
+                                               name=f"{label}_proj")(h)
+            h = conv_bn(h, filters, strides, f"{label}_a")
+            h = conv_bn(h, filters, 1, f"{label}_b", relu=False)
+            h = keras.layers.ReLU(name=f"{label}_out")(keras.layers.Add(name=f"{label}_add")([h, shortcut]))
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    if spec.dropout > 0:
+        h = keras.layers.Dropout(spec.dropout, name="dropout")(h)
+    logits = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, logits, name=name)
+
+
+# ---- the registry -------------------------------------------------------------------------------------
+
+def _compose(families: Registry[Family]) -> dict[str, type]:
+    """``teacher`` and ``student``: ``arch`` (a preset or a family) and one optional sub-section
+    per family, given exactly when ``arch`` names that family."""
+    arch = Literal[(*PRESETS, *families.names())]  # type: ignore[valid-type]
+
+    def check(self):
+        for family in families:
+            given = getattr(self, family.name) is not None
+            if self.arch == family.name and not given:
+                raise ValueError(f"arch '{family.name}' needs a '{family.name}' section (see docs/params.md)")
+            if self.arch != family.name and given:
+                raise ValueError(f"arch is '{self.arch}': remove the '{family.name}' section or set arch: {family.name}")
+        return self
+
+    def sections(base: type[ModelParams]) -> type:
+        fields = {"arch": (arch, base.model_fields["arch"].default),
+                  **{f.name: (Optional[f.section], None) for f in families}}
+        return compose_section(base.__name__, (base,), fields, check, resolved=resolve)
+
+    return {"teacher": sections(TeacherParams), "student": sections(ModelParams)}
+
+
+FAMILIES: Registry[Family] = Registry("architecture family", "arch", _compose)
+FAMILIES.add(Family("spec", ArchSpec, build_from_spec))
+FAMILIES.add(Family("resnet", ResNetSpec, build_resnet))
+
+# The two reference workflows' models (docs/params.md) and small ResNets, as fixed knobs of a family.
+PRESETS: dict[str, Preset] = {
     # Keras notebook (CIFAR-10): Conv12-Pool-Conv12-Pool-Dense10 / Conv12-Pool-Dense10.
-    "notebook_teacher": ArchSpec(conv_filters=[12, 12]),
-    "notebook_student": ArchSpec(conv_filters=[12]),
+    "notebook_teacher": Preset("spec", ArchSpec(conv_filters=[12, 12])),
+    "notebook_student": Preset("spec", ArchSpec(conv_filters=[12])),
     # KnowledgeDistilling repo (Fashion-MNIST): MLP 512-256-128 / MLP 128.
-    "repo_teacher": ArchSpec(dense_units=[512, 256, 128]),
-    "repo_student": ArchSpec(dense_units=[128]),
+    "repo_teacher": Preset("spec", ArchSpec(dense_units=[512, 256, 128])),
+    "repo_student": Preset("spec", ArchSpec(dense_units=[128])),
     # Modern small residual nets for CIFAR-sized inputs (ResNet-8/-20 of He et al.'s CIFAR family).
-    "resnet8": ResNetSpec(blocks_per_stage=[1, 1, 1]),
-    "resnet20": ResNetSpec(blocks_per_stage=[3, 3, 3]),
-    "resnet20_w2": ResNetSpec(blocks_per_stage=[3, 3, 3], width=2.0),
+    "resnet8": Preset("resnet", ResNetSpec(blocks_per_stage=[1, 1, 1])),
+    "resnet20": Preset("resnet", ResNetSpec(blocks_per_stage=[3, 3, 3])),
+    "resnet20_w2": Preset("resnet", ResNetSpec(blocks_per_stage=[3, 3, 3], width=2.0)),
 }
-ARCHS = (*PRESETS, "spec", "resnet")
+
+
+def resolve(cfg) -> tuple[Family, StrictSection]:
+    """The family and knobs of a validated ``teacher`` / ``student`` section."""
+    preset = PRESETS.get(cfg.arch)
+    if preset is not None:
+        return FAMILIES[preset.family], preset.knobs
+    return FAMILIES[cfg.arch], getattr(cfg, cfg.arch)
+
+
+def build(cfg, input_shape: tuple[int, ...], num_classes: int, name: str):
+    """The Keras model (logits out) that ``cfg`` (a validated ``teacher`` / ``student``) names."""
+    family, knobs = resolve(cfg)
+    return family.build(knobs, tuple(input_shape), int(num_classes), name)

@@ -19,9 +19,8 @@ import numpy as np
 from kdflow import artifacts
 from kdflow.calibration import fit_temperature
 from kdflow.data import Prepared
-from kdflow.evaluation import (
-    evaluate_logits, gap_closed, inference_latency_ms, paired_gain, predict_logits, summarize_repeats,
-)
+from kdflow.evaluation import evaluate_logits, gap_closed, inference_latency_ms, paired_gain, summarize_repeats
+from kdflow.inference import predict_logits
 from kdflow.paths import model_file, repeat_file
 from kdflow.teacher_check import check as teacher_check
 

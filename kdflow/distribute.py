@@ -25,21 +25,20 @@ from kdflow.params import RuntimeParams
 _strategy = None  # the process's strategy once `setup` ran; None = TensorFlow's default
 
 
-def setup(runtime: RuntimeParams):
+def setup(runtime: RuntimeParams) -> None:
     """Create the strategy for this process. Call it first, before any other TensorFlow work:
-    logical devices and the cluster can only be configured before TF starts."""
+    logical devices and the cluster can only be configured before TF starts. A missing or
+    malformed TF_CONFIG stops here, before TensorFlow is imported; with the default strategy
+    nothing is imported at all."""
     global _strategy
     if runtime.strategy == "default":
-        import tensorflow as tf
-
         _strategy = None
-        return tf.distribute.get_strategy()
+        return
     if runtime.strategy == "mirrored":
         _strategy, where = _mirrored(runtime.cpu_replicas)
     else:
         _strategy, where = _multi_worker()
     print(f"runtime: {runtime.strategy} strategy, {_strategy.num_replicas_in_sync} replicas {where}", flush=True)
-    return _strategy
 
 
 def _mirrored(cpu_replicas: int):
@@ -92,6 +91,13 @@ def _multi_worker():
     workers = sum(len(hosts) for hosts in cluster.values())
     role = "the chief" if chief else "writes nothing"
     return strategy, f"on {workers} workers (this is {task_type} {index}, {role})"
+
+
+def strategy():
+    """This process's strategy: the one ``setup`` made, or TensorFlow's default."""
+    import tensorflow as tf
+
+    return _strategy if _strategy is not None else tf.distribute.get_strategy()
 
 
 def scope() -> ContextManager:

@@ -1,4 +1,5 @@
-"""Test-set evaluation of trained models and the paired statistics of the KD gain."""
+"""Test-set metrics of trained models (accuracy, NLL, ECE, agreement), latency, and the paired
+statistics of the gains. Read by `evaluate` and `export` only: editing a metric reruns no training stage."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import math
 import statistics
 import time
 
-import keras
 import numpy as np
 from scipy import stats
 from scipy.special import softmax
@@ -17,20 +17,6 @@ ECE_BINS = 15
 
 def _r(value: float) -> float:
     return round(float(value), 6)
-
-
-# Batch size for inference: soft targets, evaluation and the validation passes of training.
-# A ResNet-20 batch's activations dominate the peak: over the 3,500 training digits on 2 CPU
-# cores, teacher.predict peaked 1,131 MiB at 512, 906 at 256, 858 at 128, 823 at 64.
-INFERENCE_BATCH_SIZE = 128
-
-
-def predict_logits(model: keras.Model, x: np.ndarray, batch_size: int = INFERENCE_BATCH_SIZE) -> np.ndarray:
-    # Plain calls rather than model.predict: predict compiles a new function per model, which
-    # for a dozen models costs time and floods the log with retracing warnings.
-    parts = [keras.ops.convert_to_numpy(model(x[i:i + batch_size], training=False))
-             for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts).astype(np.float64)
 
 
 def calibration_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
@@ -98,7 +84,7 @@ def summarize_repeats(per_model: list[dict]) -> dict:
     return summary
 
 
-def inference_latency_ms(model: keras.Model, x: np.ndarray, batch_sizes=(1, 256), calls: int = 30) -> dict:
+def inference_latency_ms(model, x: np.ndarray, batch_sizes=(1, 256), calls: int = 30) -> dict:
     """Median wall time (ms) of one compiled forward pass, per batch size, after warm-up.
 
     Wall-clock numbers: they vary run to run, so they never go into metrics/."""

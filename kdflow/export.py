@@ -108,7 +108,7 @@ def export_student(student, data, out_dir: Path, calibration_samples: int, seed:
     wall-clock latency of each TFLite form (ms), which varies from run to run."""
     from kdflow.artifacts import save_model
     from kdflow.calibration import fit_temperature, with_temperature
-    from kdflow.evaluation import predict_logits
+    from kdflow.inference import predict_logits
 
     x_train, _ = data.xy("train")
     x_val, y_val = data.xy("val")

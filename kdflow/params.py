@@ -1,80 +1,95 @@
-"""The one schema for params.yaml, and the one place for every default.
+"""The core params schema, the one place for the core defaults, and loading params.yaml.
 
-Every stage validates through ``load_params``. The committed params.yaml spells out exactly
-these defaults (tests/test_consistency.py checks it), so a key left out of a user's params.yaml
-means the same as the committed value. Kept free of TensorFlow so that a typo in params.yaml is
-reported in well under a second.
+params.yaml has core sections (the schedules, the export, the runtime, the teacher's file) and
+sections owned by the four extension points (kdflow.registry): ``data`` by the dataset sources,
+``teacher`` and ``student`` by the architecture families, ``views`` by the view kinds and
+``distill`` by the distillation methods. An extension point's module composes its entries'
+sections; a stage passes the extension points it uses to ``load_params``, which validates the
+core and those sections, strictly. The keys of extension points a stage does not use are kept
+as given, unvalidated: the stage never reads them, so it does not import (or depend on) the
+code that owns them, and the stage that does read them validates them. ``kdflow check``
+validates everything at once (kdflow.extensions).
+
+No TensorFlow here: a typo in params.yaml is reported in well under a second. The committed
+params.yaml spells out these defaults (tests/test_consistency.py checks it).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from kdflow.architectures import ARCHS, PRESETS, ArchSpec, ResNetSpec, StrictSection
 from kdflow.errors import KdflowError
 from kdflow.param_usage import LOG_ENV, recording
 from kdflow.paths import PARAMS_FILE
 
-KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
-FILE_SOURCES = ("npz", "image_dir")  # read from data.path
-DATASETS = ("mnist5k", *KERAS_DATASETS, *FILE_SOURCES)
 # The default of every `path` param: a tracked, nearly empty folder. dvc.yaml declares
 # ${data.path} and ${teacher.path} as dependencies, and a dependency must exist even when unused.
 INPUTS_DIR = "inputs"
 
 
-class DataParams(StrictSection):
-    name: Literal[DATASETS] = "mnist5k"  # type: ignore[valid-type]
-    path: str = INPUTS_DIR  # the .npz file (name: npz) or the image folder (name: image_dir)
-    image_size: list[int] = Field(default_factory=lambda: [32, 32])  # image_dir: [height, width]
-    color_mode: Literal["rgb", "grayscale"] = "rgb"  # image_dir only
+class StrictSection(BaseModel):
+    """A params section: strict types (no silent "0.5" -> 0.5 or true -> 1), unknown keys are
+    errors (a misspelt key is never ignored), immutable once validated."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ExtensionSection(StrictSection):
+    """A section whose keys beyond its core fields belong to an extension point. Loaded without
+    that extension point, those keys are kept as given and cannot be read (reading one is a bug:
+    the stage must pass the extension point to ``load_params``); loaded with it, the section is
+    the extension point's composed model, where every key is validated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in _extras(self):
+            raise AttributeError(f"{type(self).__name__}.{name} belongs to an extension point this stage did not "
+                                 "load: pass its registry to load_params to validate and read it")
+        return super().__getattr__(name)
+
+
+def _extras(section: BaseModel) -> dict:
+    try:
+        return object.__getattribute__(section, "__pydantic_extra__") or {}
+    except AttributeError:
+        return {}
+
+
+class DataParams(ExtensionSection):
+    """The dataset: ``name`` is a dataset source (kdflow.sources), which may add its own keys."""
+
+    name: str = "mnist5k"
+    path: str = INPUTS_DIR  # read by the sources that load a file or folder
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DataParams":
+    def _leaves_training_data(self) -> "DataParams":
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
                 "leaves too little training data: must be < 0.9"
             )
-        if len(self.image_size) != 2 or min(self.image_size) < 4:
-            raise ValueError(f"image_size = {self.image_size}: must be [height, width], each >= 4")
-        if self.name in FILE_SOURCES and self.path == INPUTS_DIR:
-            raise ValueError(f"name '{self.name}' reads data.path: set it to your "
-                             f"{'.npz file' if self.name == 'npz' else 'image folder'}")
         return self
 
 
-class ModelParams(StrictSection):
-    arch: Literal[ARCHS] = "notebook_student"  # type: ignore[valid-type]
-    spec: Optional[ArchSpec] = None      # when arch: spec
-    resnet: Optional[ResNetSpec] = None  # when arch: resnet
+class ModelParams(ExtensionSection):
+    """A model: ``arch`` is a preset or an architecture family (kdflow.architectures), whose own
+    section (``spec:``, ``resnet:``, ...) sits beside it."""
 
-    @model_validator(mode="after")
-    def _section_when_needed(self) -> "ModelParams":
-        for form in ("spec", "resnet"):
-            given = getattr(self, form) is not None
-            if self.arch == form and not given:
-                raise ValueError(f"arch '{form}' needs a '{form}' section (see docs/params.md)")
-            if self.arch != form and given:
-                raise ValueError(f"arch is '{self.arch}': remove the '{form}' section or set arch: {form}")
-        return self
-
-    def resolved_spec(self) -> ArchSpec | ResNetSpec:
-        if self.arch in ("spec", "resnet"):
-            return getattr(self, self.arch)
-        return PRESETS[self.arch]
+    arch: str = "notebook_student"
 
 
 class TeacherParams(ModelParams):
     # ResNet-20 (273k params on the digits, 13x the default student).
-    arch: Literal[ARCHS] = "resnet20"  # type: ignore[valid-type]
+    arch: str = "resnet20"
     # train: build from arch and train it; file: use the .keras model at `path` as the teacher.
     source: Literal["train", "file"] = "train"
     path: str = INPUTS_DIR
@@ -91,7 +106,8 @@ class TeacherParams(ModelParams):
 
 class AugmentParams(StrictSection):
     """The teacher's random training-time augmentation (Keras preprocessing layers, active
-    only in training)."""
+    only in training). Its `shift` is a *fraction* of the image size with sub-pixel (bilinear)
+    translation, as Keras' RandomTranslation takes it; `crop` and `views.shift` are whole pixels."""
 
     # random translation, fraction of height/width: shifted digits make a stronger teacher
     shift: float = Field(0.1, ge=0, lt=0.5)
@@ -103,25 +119,19 @@ class AugmentParams(StrictSection):
         return self.shift > 0 or self.flip or self.crop > 0
 
 
-class ViewsParams(StrictSection):
-    """The augmented views both students train on (kdflow.views): for every training image,
-    ``count`` views drawn once from the seed, each a random shift of up to ``shift`` whole
-    pixels (zero fill) and, with ``flip``, a random horizontal flip. soft_targets caches the
-    teacher's outputs for every view; in each epoch a student sees one view of each image."""
+class ViewsParams(ExtensionSection):
+    """The augmented views both students train on: for every training image, ``count`` views of
+    the view kind ``kind`` (kdflow.views), drawn once from the seed, each optionally flipped.
+    soft_targets caches the teacher's outputs for every view; in each epoch a student sees one
+    view of each image. The kind's own keys (``shift``, ...) sit beside these."""
 
     count: int = Field(8, ge=0, le=256)  # views per training image; 0 = the images as they are
-    shift: int = Field(2, ge=0)          # largest shift, whole pixels along each axis
+    kind: str = "shift"
     flip: bool = False                   # random horizontal flip (not for digits!)
-    # Cache only the teacher's top_k logits per view plus the remaining probability mass, shared
-    # evenly by the other classes (FKD's marginal smoothing): for many classes. 0 = every class.
+    # Store only the teacher's top_k logits per view plus the remaining probability mass, shared
+    # evenly by the other classes (FKD's marginal smoothing): a smaller cache on disk for many
+    # classes (distill expands it back to every class in memory). 0 = every class.
     top_k: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _views_differ(self) -> "ViewsParams":
-        if self.count > 0 and self.shift == 0 and not self.flip:
-            raise ValueError(f"count = {self.count} with shift 0 and no flip: every view would be the image "
-                             "itself; set views.shift or views.flip, or views.count: 0")
-        return self
 
 
 class TrainParams(StrictSection):
@@ -148,43 +158,10 @@ class TeacherTrainParams(TrainParams):
     augment: AugmentParams = AugmentParams()
 
 
-METHODS = ("kd", "dkd", "lskd", "dist", "mse", "fitnet")
-# Methods that need the teacher's intermediate features (cached by `soft_targets`).
-FEATURE_METHODS = ("fitnet",)
+class DistillParams(ExtensionSection):
+    """The distillation method (kdflow.losses); each method's knobs are a sub-section named after it."""
 
-
-class DistillParams(StrictSection):
-    method: Literal[METHODS] = "kd"  # type: ignore[valid-type]
-
-    @property
-    def needs_teacher_features(self) -> bool:
-        return self.method in FEATURE_METHODS
-
-
-class DkdParams(StrictSection):
-    """Decoupled KD (Zhao et al. 2022): weights of the target / non-target class terms."""
-
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(8.0, ge=0)
-    # The soft term's weight ramps up linearly over the first epochs (0 = no warm-up).
-    warmup_epochs: int = Field(5, ge=0)
-
-
-class DistParams(StrictSection):
-    """DIST (Huang et al. 2022): weights of the inter-class and intra-class relation terms."""
-
-    beta: float = Field(1.0, ge=0)
-    gamma: float = Field(1.0, ge=0)
-
-
-class FitnetParams(StrictSection):
-    """FitNets hint (Romero et al. 2015), used when distill.method = fitnet: the student layer's
-    output goes through a learned linear projection and is regressed (MSE) onto the teacher
-    layer's output; the term is added to the KD loss."""
-
-    teacher_layer: str = "pool"  # the default ResNet teacher's global average pool
-    student_layer: str = "flatten"
-    weight: float = Field(1.0, ge=0)
+    method: str = "kd"
 
 
 class ExportParams(StrictSection):
@@ -206,7 +183,7 @@ class Params(StrictSection):
     seed: int = Field(42, ge=0, lt=2**31)
     # Students trained per stage; repeat i of distill and train_scratch share seed + i (paired).
     repeats: int = Field(5, ge=1, le=100)
-    # Knowledge distillation: loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+    # Knowledge distillation: loss = alpha * CE(labels) + (1 - alpha) * soft term (T^2 * KL for kd)
     alpha: float = Field(0.1, ge=0, le=1)
     temperature: float = Field(2.0, gt=0, le=1000)
     data: DataParams = DataParams()
@@ -216,9 +193,6 @@ class Params(StrictSection):
     train_student: TrainParams = TrainParams()
     views: ViewsParams = ViewsParams()
     distill: DistillParams = DistillParams()
-    dkd: DkdParams = DkdParams()
-    dist: DistParams = DistParams()
-    fitnet: FitnetParams = FitnetParams()
     export: ExportParams = ExportParams()
     runtime: RuntimeParams = RuntimeParams()
 
@@ -231,8 +205,42 @@ class Params(StrictSection):
         return raw
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def compose_section(name: str, bases: tuple[type, ...], fields: dict[str, tuple[Any, Any]],
+                    check=None, **methods) -> type:
+    """An extension point's section: ``bases`` (a core section and its entries' sections, whose
+    fields it inherits) plus ``fields`` (name -> (type, default)), strict and closed to unknown
+    keys; ``check(self)`` validates the whole (raise ValueError), ``methods`` are added as they are."""
+    namespace: dict[str, Any] = {"__annotations__": {key: kind for key, (kind, _) in fields.items()},
+                                 **{key: default for key, (_, default) in fields.items()},
+                                 "model_config": ConfigDict(extra="forbid"), **methods}
+    if check is not None:
+        namespace["_check"] = model_validator(mode="after")(check)
+    return type(name, bases, namespace)
+
+
+def flat_section(core: type[ExtensionSection], registry, selector: str, check=None) -> type:
+    """The section ``core`` composed with a registry whose entries' keys sit beside the core
+    fields (``views.shift``, ``data.image_size``): ``selector`` names one entry of it."""
+    bases = (core, *(entry.section for entry in registry if entry.section is not None))
+    choice = Literal[registry.names()]  # type: ignore[valid-type]
+    return compose_section(core.__name__, bases, {selector: (choice, core.model_fields[selector].default)}, check)
+
+
+# Core keys that change only the distilled students (the recipe search asks, with the sections
+# of the extension points whose registry says so: kdflow.extensions.distilled_only).
+DISTILLED_ONLY_KEYS = ("alpha", "temperature")
+
+
+@functools.lru_cache(maxsize=None)
+def params_model(*extensions) -> type[Params]:
+    """The schema with the sections of ``extensions`` (registries) composed in."""
+    fields = {name: (section, section()) for ext in extensions for name, section in ext.sections.items()}
+    return create_model("Params", __base__=Params, **fields) if fields else Params
+
+
+def describe(error: dict[str, Any], prefix: str = "") -> str:
+    """One pydantic error as one line that names the key."""
+    key = prefix + ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{key}: required key is missing"
@@ -243,31 +251,36 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key} = {error.get('input')!r}: {message}"
 
 
-def validate(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise KdflowError with one line per problem (first shown)."""
+def validate(raw: Any, *extensions, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (the core, and the sections of ``extensions``); raise
+    KdflowError with one line per problem (first shown)."""
     if not isinstance(raw, dict):
         raise KdflowError(f"{source}: expected a mapping of params, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return params_model(*extensions).model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
+        problems = [describe(e) for e in exc.errors()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise KdflowError(f"{source}: {problems[0]}{more}") from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """params.yaml, validated. With KDFLOW_PARAMS_LOG set, a view that records the keys read
-    (kdflow.param_usage)."""
+def read_yaml(path: str | Path = PARAMS_FILE) -> Any:
+    """params.yaml as YAML data; a missing or unparsable file is one line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise KdflowError(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise KdflowError(f"{path}: not valid YAML{where}") from None
-    params = validate(raw, str(path))
+
+
+def load_params(*extensions, path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml, validated with the sections of ``extensions`` (the registries the caller
+    uses). With KDFLOW_PARAMS_LOG set, a view that records the keys read (kdflow.param_usage)."""
+    params = validate(read_yaml(path), *extensions, source=str(path))
     log = os.environ.get(LOG_ENV)
     if log:
         return recording(params, log)

@@ -7,15 +7,15 @@ latency is not in it (the evaluate stage writes it to timings/evaluate.json).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kdflow.comparison import ROLES, Comparison
 from kdflow.evaluation import calibration_bins
-from kdflow.teacher_check import warning as teacher_warning
 from kdflow.io import atomic_dir
-from kdflow.params import Params
 from kdflow.paths import REPORTS_DIR, live_dir
+from kdflow.teacher_check import warning as teacher_warning
 
 TITLES = {"teacher": "teacher", "student_distilled": "distilled student (views)",
           "student_scratch": "scratch student (views)", "student_plain": "plain scratch student (no augmentation)"}
@@ -38,15 +38,16 @@ def write_confusion_plots(comparison: Comparison, class_names: list[str], direct
         live.end()
 
 
-def write_report(comparison: Comparison, params: Params, class_names: list[str], deployment: dict | None = None,
-                 directory: Path = REPORTS_DIR) -> None:
-    """reports/summary.md and the PNG figures, swapped in as a whole."""
+def write_report(comparison: Comparison, knobs: dict[str, Any], hinted: bool, class_names: list[str],
+                 deployment: dict | None = None, directory: Path = REPORTS_DIR) -> None:
+    """reports/summary.md and the PNG figures, swapped in as a whole (``knobs`` and ``hinted``:
+    see ``summary_markdown``)."""
     with atomic_dir(directory) as staging:
         (staging / "figures").mkdir()
         _reliability_figure(comparison, staging / "figures" / "reliability.png")
         for role in ROLES:
             _confusion_figure(comparison, role, class_names, staging / "figures" / f"confusion_{role}.png")
-        (staging / "summary.md").write_text(summary_markdown(comparison, params, deployment))
+        (staging / "summary.md").write_text(summary_markdown(comparison, knobs, hinted, deployment))
 
 
 def _fmt_size(size: int) -> str:
@@ -66,7 +67,9 @@ def deployment_markdown(export: dict) -> list[str]:
             f"int8 file {export['int8_size_ratio']:.1f}× smaller than the `.keras` file.", ""]
 
 
-def summary_markdown(comparison: Comparison, params: Params, deployment: dict | None = None) -> str:
+def summary_markdown(comparison: Comparison, knobs: dict[str, Any], hinted: bool, deployment: dict | None = None) -> str:
+    """The report. ``knobs``: the run's key params ("key" -> value, shown as they are; `alpha`
+    and `views.count` among them); ``hinted``: the method adds a teacher-feature hint."""
     m = comparison.metrics
     rows = []
     for role in ROLES:
@@ -80,18 +83,11 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
     gap = _gap_text(m)
     warning = teacher_warning(m["teacher_check"])
     c = m["compression"]
-    knobs = {
-        "dataset": params.data.name, "teacher": params.teacher.arch, "student": params.student.arch,
-        "distill.method": params.distill.method, "alpha": params.alpha, "temperature": params.temperature,
-        "views.count": params.views.count, "views.shift": params.views.shift, "views.flip": params.views.flip,
-        "repeats": params.repeats, "train_student.epochs": params.train_student.epochs,
-        "seed": params.seed,
-    }
     lines = [
         "# kdflow summary",
         "",
         *([f"> **Teacher check**: {warning}.", ""] if warning else []),
-        kd_verdict(m, params),
+        kd_verdict(m, knobs["alpha"], hinted),
         "",
         "Test split. Students: mean ± std over paired repeats; NLL, ECE and agreement are means "
         "over repeats; size, params and the temperature T are repeat 0's (the model that ships). "
@@ -107,7 +103,7 @@ def summary_markdown(comparison: Comparison, params: Params, deployment: dict | 
         f"**Which to use on this data**: {recommendation(m)}",
         "",
         *(["`views.count` is 0: no student is augmented, so the scratch and the plain students are the "
-           "same and augmentation shows no effect.", ""] if params.views.count == 0 else []),
+           "same and augmentation shows no effect.", ""] if knobs["views.count"] == 0 else []),
         f"Paired comparisons over {m['kd_gain']['pairs']} seeds (points of test accuracy, 95% CI):",
         "",
         "| comparison | gain |",
@@ -155,13 +151,14 @@ def _shows(gain: dict) -> str:
     return "up" if gain["ci95_low"] > 0 else "down" if gain["ci95_high"] < 0 else "none"
 
 
-def kd_verdict(m: dict, params: Params) -> str:
+def kd_verdict(m: dict, alpha: float, hinted: bool = False) -> str:
     """One sentence: did distillation help, have no demonstrated effect, or hurt, and why when
-    the reason is known."""
+    the reason is known (``hinted``: the method adds a teacher-feature hint, which acts at
+    alpha = 1 too)."""
     gain = m["kd_gain"]
     text = f"{_gain_text(gain)} points of test accuracy over the scratch students on the same views"
     reasons = []
-    if params.alpha == 1.0 and not params.distill.needs_teacher_features:
+    if alpha == 1.0 and not hinted:
         reasons.append("alpha = 1: the students had no weight on the teacher's outputs (the recipe search "
                        "chose no distillation when no recipe beat the scratch students on validation)")
     if not m["teacher_check"]["teacher_clearly_better"]:

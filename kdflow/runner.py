@@ -28,13 +28,14 @@ def _write_log(text: str) -> Path | None:
         return None
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main`` and turn failures into one line on stderr and a non-zero exit.
+def run_stage(main: Callable[[], None], name: str | None = None) -> None:
+    """Run a stage's (or a tool's) ``main`` and turn failures into one line on stderr and a
+    non-zero exit; ``name`` (default: the script's) starts the line: ``kdflow <name>: error: ...``.
 
     An unexpected error's full traceback goes to ``logs/kdflow-error.log``; set KDFLOW_DEBUG=1
     to see any error's traceback on the terminal instead.
     """
-    stage = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
+    stage = name or (Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage")
 
     def interrupted(signum=None, frame=None):
         # Exit at once, without unwinding: a KeyboardInterrupt unwinding through a running

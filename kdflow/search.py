@@ -1,8 +1,10 @@
 """The recipe search: a grid of distillation recipes run as DVC experiments, ranked on the
 validation split (kdflow.selection), the best applied to the workspace.
 
-    python -m kdflow.search                                  # the default grid below (14 recipes)
-    python -m kdflow.search -S alpha=0.1,0.5 -S temperature=1,2,4 -S distill.method=kd,dkd -j 2
+    kdflow search                                  # the default grid below (14 recipes)
+    kdflow search -S alpha=0.1,0.5 -S temperature=1,2,4 -S distill.method=kd,dkd -j 2
+
+(`python -m kdflow.search` is the same command.)
 
 Each recipe is one `dvc exp run --queue -S ...`, run by `dvc queue start`: DVC's own engine,
 so the teacher, its cached outputs and the scratch students come from DVC's cache and are
@@ -25,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from kdflow.errors import KdflowError
-from kdflow.params import load_params, validate
+from kdflow.extensions import distilled_only, load_all, schema, validate_all
 from kdflow.paths import PARAMS_FILE, SELECTION_DIR
 from kdflow.selection import Experiment, _flat, exp_show, experiments, ranked, table
 from kdflow.teacher_check import warning as teacher_warning
@@ -41,7 +43,7 @@ def default_grid(workspace: dict) -> dict[str, list]:
     counts = sorted({0, workspace["views.count"]})
     return {**DEFAULT_GRID, "views.count": counts}
 NO_DISTILLATION = {"alpha": 1.0, "distill.method": "kd"}
-POLL_SECONDS = 5
+POLL_SECONDS = 2  # `dvc queue status` itself takes about a second
 
 
 def parse_grid(assignments: list[str]) -> dict[str, list]:
@@ -55,21 +57,22 @@ def parse_grid(assignments: list[str]) -> dict[str, list]:
     return grid
 
 
-def is_kd_key(key: str) -> bool:
-    """A param that only the distilled students read (the rest also change the scratch students)."""
-    return key in ("alpha", "temperature") or key.split(".")[0] in ("distill", "dkd", "dist", "fitnet")
-
-
 def baseline_part(recipe: dict) -> dict:
     """What a recipe sets for the scratch students too (views, schedule, student)."""
-    return {k: v for k, v in recipe.items() if not is_kd_key(k)}
+    return {k: v for k, v in recipe.items() if not distilled_only(k)}
+
+
+def known_keys(workspace: dict) -> set[str]:
+    """Every param a recipe may set: those in params.yaml, and every key of the schema (an
+    extension's key that params.yaml leaves at its default)."""
+    return set(workspace) | set(_flat(schema()().model_dump()))
 
 
 def recipes(grid: dict[str, list], workspace: dict) -> list[dict]:
     """Every combination of the grid, as overrides of the workspace's params, after one recipe
     without distillation (alpha = 1, kd) for each setting of the grid's other axes. Alpha = 1
     with kd uses neither the temperature nor a method's knobs: one such recipe per setting."""
-    unknown = sorted(set(grid) - set(workspace))
+    unknown = sorted(set(grid) - known_keys(workspace))
     if unknown:
         raise KdflowError(f"-S {unknown[0]}: no such param in {PARAMS_FILE} (docs/params.md)")
     combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
@@ -116,7 +119,7 @@ def _same(params: dict, recipe: dict, workspace: dict) -> bool:
     """``params`` (flattened, from `dvc exp show`, which leaves nulls out) are the workspace's
     with ``recipe`` applied; without distillation the KD knobs (temperature, ...) do not matter."""
     full = {**workspace, **recipe}
-    ignored = is_kd_key if (full["alpha"] == 1.0 and full["distill.method"] == "kd") else (lambda key: False)
+    ignored = distilled_only if (full["alpha"] == 1.0 and full["distill.method"] == "kd") else (lambda key: False)
     return all(params.get(key) == value for key, value in full.items()
                if not ignored(key) or key in NO_DISTILLATION)
 
@@ -159,11 +162,11 @@ def queue_counts() -> dict[str, int]:
 def run(grid: dict[str, list] | None, jobs: int) -> list[tuple[dict, Experiment | None]]:
     """Queue the recipes of ``grid`` (None: the default grid) not yet finished or queued, run
     the queue, and return each recipe with its finished experiment (None if it failed)."""
-    load_params()  # the workspace's params.yaml is valid
+    load_all()  # the workspace's params.yaml is valid, every section of it
     workspace = _flat(yaml.safe_load(Path(PARAMS_FILE).read_text()))
     wanted = recipes(grid or default_grid(workspace), workspace)
     for recipe in wanted:  # every recipe is valid before anything runs
-        validate(_unflat({**workspace, **recipe}), source=f"-S {_label(recipe)}")
+        validate_all(_unflat({**workspace, **recipe}), source=f"-S {_label(recipe)}")
     show = exp_show()
     finished, waiting = experiments(show), pending(show)
     baseline = next((e for e in finished if e.baseline), None)
@@ -174,7 +177,9 @@ def run(grid: dict[str, list] | None, jobs: int) -> list[tuple[dict, Experiment 
     print(f"search: {len(wanted)} recipes, {len(wanted) - len(to_queue)} already finished or queued, "
           f"{len(to_queue)} to run")
     for recipe in to_queue:
-        dvc("exp", "run", "--queue", *[arg for k, v in recipe.items() for arg in ("-S", f"{k}={_yaml(v)}")])
+        # `-S +key=...` adds a key that params.yaml leaves at its default (DVC refuses `-S key=` for it)
+        dvc("exp", "run", "--queue", *[arg for k, v in recipe.items()
+                                       for arg in ("-S", f"{'' if k in workspace else '+'}{k}={_yaml(v)}")])
     if to_queue or waiting:
         start_queue(jobs)
         last = None
@@ -248,13 +253,21 @@ def _plot(rows: list[dict], path: Path, setting: dict | None) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-S", "--set-param", dest="grid", action="append", default=[], metavar="KEY=V1,V2",
                         help=f"a grid axis, as in `dvc exp run -S` (default: {DEFAULT_GRID})")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once (dvc queue start -j)")
     parser.add_argument("--no-apply", action="store_true", help="rank only; leave the workspace as it is")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    command(parser.parse_args(argv))
+
+
+def command(args: argparse.Namespace) -> None:
+    """Run the search the arguments describe, rank, write the outputs, apply the best."""
     if args.jobs < 1:
         raise KdflowError(f"--jobs {args.jobs}: must be at least 1")
     results = run(parse_grid(args.grid) if args.grid else None, args.jobs)

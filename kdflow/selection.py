@@ -12,9 +12,9 @@ bound was tried on the data in docs/results.md: with 5 repeats on 250 validation
 refused every recipe where the teacher led by 1.4 points, including one that gained +0.92
 [+0.50, +1.34] on test.)
 
-    python -m kdflow.selection            # markdown table, best first
-    python -m kdflow.selection --by scratch   # rank by the scratch students on the views instead
-    python -m kdflow.search               # run a grid of recipes first, then rank and apply the best
+    kdflow rank                  # markdown table, best first (= python -m kdflow.selection)
+    kdflow rank --by scratch     # rank by the scratch students on the views instead
+    kdflow search                # run a grid of recipes first, then rank and apply the best
 
 Written here because DVC shows the metrics of each experiment but not paired statistics over them.
 """
@@ -44,7 +44,7 @@ class Experiment:
     baseline: bool = False  # the commit the experiments branch from, not an experiment
 
     def val_gain(self, better: str, baseline: str) -> dict:
-        from kdflow.evaluation import paired_gain  # loads TensorFlow: after run_stage quietened it
+        from kdflow.evaluation import paired_gain
 
         return paired_gain(self.val[better], self.val[baseline])
 
@@ -135,10 +135,18 @@ def exp_show() -> list[dict]:
     return json.loads(shown.stdout)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--by", choices=("kd", "scratch"), default="kd",
+                        help="rank by the paired KD gain (default) or by the scratch students' accuracy")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--by", choices=("kd", "scratch"), default="kd")
-    args = parser.parse_args(argv)
+    add_arguments(parser)
+    command(parser.parse_args(argv))
+
+
+def command(args: argparse.Namespace) -> None:
     print(table(experiments(exp_show()), args.by))
 
 

@@ -1,15 +1,16 @@
 """The teacher's cached outputs: computed once by `soft_targets`, read by `distill`.
 
-Always the logits; for feature-hint methods (FitNets) also the flattened output of the
-teacher's hint layer. On the training split they are cached for every augmented view of every
-image (``kdflow.views``: [images, views, ...], with the view table they were computed on);
-on the validation split for the images as they are. The students rebuild each view they see,
-so the cache is exactly what the teacher would produce online for it.
+The logits: on the training split for every augmented view of every image (``kdflow.views``:
+[images, views, classes], with the view table they were computed on), on the validation split
+for the images as they are. The students rebuild each view they see, so the cache is exactly
+what the teacher would produce online for it. A method with a feature hint (FitNets) needs the
+teacher's features at one layer too: `distill` computes them with ``features`` (the same pass
+over the same views), so the cache, and the stage that writes it, do not depend on the method.
 
 Stored as shards (``data/soft_targets/<key>-00000.npy``, ..., ``kdflow.shards``) with a
 ``meta.json`` naming the prepared data they were computed on. ``distill`` loads them whole:
-views x classes floats per image (320 bytes at 8 views and 10 classes; ``views.top_k`` keeps
-it small for many classes).
+views x classes floats per image (320 bytes at 8 views and 10 classes). ``views.top_k`` stores
+only each view's top k logits on disk; ``load`` expands them back to every class in memory.
 """
 
 from __future__ import annotations
@@ -20,68 +21,65 @@ import numpy as np
 
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
-from kdflow.evaluation import INFERENCE_BATCH_SIZE
+from kdflow.inference import INFERENCE_BATCH_SIZE
 from kdflow.io import RowBlocks, atomic_dir, read_json, write_json
 from kdflow.paths import SOFT_TARGETS_DIR
 from kdflow.shards import ShardedArray
 from kdflow.shards import write as write_shards
 from kdflow.views import Views
-from kdflow.views import apply as apply_view
 
 SPLITS = ("train", "val")
 VIEW_TABLE = "train_views"  # the view table of the training split's cached outputs
 
 
-def compute(teacher, data: Prepared, feature_layer: str | None = None, views: Views | None = None,
-            top_k: int = 0) -> dict[str, np.ndarray]:
-    """Run the teacher once (inference mode: no dropout) over every view of the training split
-    (the images themselves without ``views``) and over the validation split. With ``top_k``
-    below the number of classes, the training logits are kept as their top k (see ``top_k_form``)."""
-    import keras
-
-    outputs = [teacher.outputs[0]]
-    if feature_layer is not None:
-        try:
-            feature = teacher.get_layer(feature_layer).output
-        except ValueError:
-            names = ", ".join(layer.name for layer in teacher.layers)
-            raise KdflowError(f"fitnet.teacher_layer = {feature_layer!r} is not a teacher layer; it has: {names}") from None
-        outputs.append(keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature)
-    extractor = keras.Model(teacher.inputs, outputs)
-
-    def run(x, view_ids: range | None = None) -> list[np.ndarray]:
-        """The outputs for every row of x, read once, batch by batch: [rows, ...] as they are, or
-        [rows, views, ...] for each of ``view_ids``. Through predict's own compiled function (the
-        same numbers as `predict`, which would first copy all of x into its tf.data pipeline)."""
+def _run(model, data: Prepared, views: Views | None) -> dict[str, np.ndarray]:
+    """``model``'s output (inference mode: no dropout) for every view of the training split (the
+    images themselves without ``views``) and for the validation split: {split: array}. Each block
+    of images is read once for all its views; through predict's own compiled function (the same
+    numbers as `predict`, which would first copy all of x into its tf.data pipeline)."""
+    found = {}
+    for name in SPLITS:
+        x = data.xy(name)[0]
+        per_view = name == "train" and views is not None
         batches = []
         for i in range(0, len(x), INFERENCE_BATCH_SIZE):
             batch = x[i:i + INFERENCE_BATCH_SIZE]
-            if view_ids is None:
-                batches.append(_as_list(extractor.predict_on_batch(batch)))
+            if not per_view:
+                batches.append(model.predict_on_batch(batch))
                 continue
-            per_view = [_as_list(extractor.predict_on_batch(
-                apply_view(batch, views.table[i:i + INFERENCE_BATCH_SIZE, v], views.max_shift))) for v in view_ids]
-            batches.append([np.stack(parts, axis=1) for parts in zip(*per_view)])
-        return [np.concatenate(parts).astype(np.float32) for parts in zip(*batches)]
+            rows = views.table[i:i + INFERENCE_BATCH_SIZE]
+            batches.append(np.stack([model.predict_on_batch(views.apply(batch, rows[:, v]))
+                                     for v in range(views.count)], axis=1))
+        found[name] = np.concatenate(batches).astype(np.float32)
+    return found
 
-    cache = {}
-    for name in SPLITS:
-        x = data.xy(name)[0]
-        if name == "train" and views is not None:
-            result = run(x, range(views.count))  # [images, views, ...]
-            cache[VIEW_TABLE] = views.table
-        else:
-            result = run(x)
-        cache[name] = result[0]
-        if feature_layer is not None:
-            cache[f"{name}_features"] = result[1]
+
+def compute(teacher, data: Prepared, views: Views | None = None, top_k: int = 0) -> dict[str, np.ndarray]:
+    """The teacher's logits over every view of the training split and over the validation
+    split, with the view table. With ``top_k`` below the number of classes, the training logits
+    are kept as their top k (see ``top_k_form``)."""
+    cache = _run(teacher, data, views)
+    if views is not None:
+        cache[VIEW_TABLE] = views.table
     if 0 < top_k < data.num_classes:
         cache.update(top_k_form(cache.pop("train"), top_k))
     return cache
 
 
-def _as_list(out) -> list[np.ndarray]:
-    return out if isinstance(out, list) else [out]
+def features(teacher, data: Prepared, layer: str, views: Views | None = None,
+             key: str = "distill.fitnet.teacher_layer") -> dict[str, np.ndarray]:
+    """The flattened output of the teacher layer ``layer`` over the same views and splits as
+    ``compute``: {"train_features", "val_features"}."""
+    import keras
+
+    try:
+        feature = teacher.get_layer(layer).output
+    except ValueError:
+        names = ", ".join(layer.name for layer in teacher.layers)
+        raise KdflowError(f"{key} = {layer!r} is not a teacher layer; it has: {names}") from None
+    flat = keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature
+    found = _run(keras.Model(teacher.inputs, flat), data, views)
+    return {f"{name}_features": value for name, value in found.items()}
 
 
 TOP_K_KEYS = ("train_top_values", "train_top_classes", "train_rest")
@@ -124,26 +122,28 @@ def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {key: ShardedArray(path, key, produced_by="soft_targets")[:] for key in keys}
 
 
-def load(data: Prepared, views: Views | None, with_features: bool = False,
-         path: Path = SOFT_TARGETS_DIR) -> dict[str, np.ndarray]:
-    """The cache, checked against the prepared data and against ``views`` (the view table the
-    student side derived from the params: it must be the one the teacher saw)."""
-    rerun = "rerun `dvc repro soft_targets`"
+RERUN = "rerun `dvc repro soft_targets`"
+
+
+def check_data(data: Prepared, path: Path = SOFT_TARGETS_DIR) -> dict:
+    """The cache's meta.json, checked against the prepared data (cheap: before TensorFlow starts)."""
     meta = read_json(path / META, produced_by="soft_targets")
     if meta.get("data_hash") != data.meta["content_hash"]:
-        raise KdflowError(f"{path} was computed on other prepared data: {rerun}")
-    stored = set(meta.get("keys", ()))
+        raise KdflowError(f"{path} was computed on other prepared data: {RERUN}")
+    return meta
+
+
+def load(data: Prepared, views: Views | None, path: Path = SOFT_TARGETS_DIR) -> dict[str, np.ndarray]:
+    """The cache, checked against the prepared data and against ``views`` (the view table the
+    student side derived from the params: it must be the one the teacher saw)."""
+    rerun = RERUN
+    stored = set(check_data(data, path).get("keys", ()))
     arrays = _read(path, ("val",))
     if "train" in stored:
         arrays.update(_read(path, ("train",)))
     else:  # cached as the top k (views.top_k)
         top = _read(path, TOP_K_KEYS)
         arrays["train"] = full_logits(*(top[key] for key in TOP_K_KEYS), data.num_classes)
-    if with_features:
-        feature_keys = tuple(f"{s}_features" for s in SPLITS)
-        if not stored.issuperset(feature_keys):
-            raise KdflowError(f"{path} holds no teacher features (needed by fitnet): {rerun}")
-        arrays.update(_read(path, feature_keys))
     if views is not None:
         cached_table = _read(path, (VIEW_TABLE,))[VIEW_TABLE] if VIEW_TABLE in stored else None
         if cached_table is None or not np.array_equal(cached_table, views.table):

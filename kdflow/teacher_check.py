@@ -25,5 +25,5 @@ def warning(result: dict) -> str | None:
         return None
     return (f"teacher val accuracy {result['teacher_val_accuracy']:.3f} is not clearly above the scratch students' "
             f"{result['scratch_val_accuracy']:.3f} ± {result['scratch_val_std']:.3f}: distillation may not help; "
-            "the recipe search (`python -m kdflow.search`) decides; a stronger teacher (teacher.arch, "
+            "the recipe search (`kdflow search`) decides; a stronger teacher (teacher.arch, "
             "train_teacher.epochs) or your own (teacher.source: file) is the other lever")

@@ -9,7 +9,7 @@ its weights differ from ``fit``'s by float round-off (~4e-8 after 3 epochs of a 
 
 Teacher, scratch student and distilled student all train here, each as a
 ``kdflow.objective.TrainingModel``; they differ only in its objective and in the targets
-they are given (labels, plus the teacher's cached outputs for distillation).
+they are given (labels, plus the teacher's cached outputs for distillation: ``fit_prepared``).
 """
 
 from __future__ import annotations
@@ -17,22 +17,20 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Protocol
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kdflow.data import Prepared
 from kdflow.errors import KdflowError
-from kdflow.evaluation import INFERENCE_BATCH_SIZE
+from kdflow.inference import INFERENCE_BATCH_SIZE
 from kdflow.objective import LABELS, TrainingModel
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
 from kdflow.shards import ShardedArray
 from kdflow.tracking import LearningRateLogger
-from kdflow.views import Views
-from kdflow.views import apply as apply_view
-from kdflow.views import choice as view_choice
 
 # The quantity early stopping watches: the validation cross-entropy with the hard labels
 # (for the distilled student too, as in the reference repo: its KD term is no model-selection signal).
@@ -45,6 +43,20 @@ Targets = Mapping[str, np.ndarray]  # see kdflow.objective: labels (+ teacher_lo
 Images = np.ndarray | ShardedArray  # in memory, or the prepared images on disk
 
 
+class Views(Protocol):
+    """What the loop needs of the training views (kdflow.views.Views; not imported here, so that
+    the view kinds' code is no dependency of the stages that train without views)."""
+
+    table: np.ndarray  # [images, views, columns]
+
+    @property
+    def count(self) -> int: ...
+
+    def apply(self, images, rows): ...
+
+    def choice(self, seed, epoch, count_images: int): ...
+
+
 def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None = None,
                  epochs: range = range(1), views: Views | None = None,
                  replicas: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
@@ -54,7 +66,7 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     ``epochs``, each epoch in its own order, a function of (seed, epoch number) only, so a run
     resumed at epoch k reads exactly the batches an uninterrupted run reads.
 
-    With ``views``, each sample is the view ``kdflow.views.choice(seed, epoch)`` picks for it,
+    With ``views``, each sample is the view ``views.choice(seed, epoch)`` picks for it,
     built on the fly, and every target but the labels is given per view ([images, views, ...]):
     the teacher's cached output for exactly that view.
 
@@ -82,7 +94,7 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
             if views is None:
                 batches = tf.data.Dataset.from_tensor_slices(order)
             else:
-                chosen = tf.gather(view_choice(seed, epoch, n, views.count), order)
+                chosen = tf.gather(views.choice(seed, epoch, n), order)
                 batches = tf.data.Dataset.from_tensor_slices((order, chosen))
         batches = batches.batch(batch_size, drop_remainder=share is not None and seed is not None)
         return batches if share is None else batches.flat_map(share)  # indices: each worker gathers its share
@@ -92,7 +104,7 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
         if view is None:
             return images, {key: tf.gather(t, idx) for key, t in t_all.items()}
         at = tf.stack([idx, view], axis=1)
-        images = apply_view(images, tf.gather_nd(view_table, at), views.max_shift)
+        images = views.apply(images, tf.gather_nd(view_table, at))
         return images, {key: tf.gather(t, idx) if key == LABELS else tf.gather_nd(t, at) for key, t in t_all.items()}
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
@@ -349,3 +361,15 @@ def _run_epochs(model: TrainingModel, steps: _Steps, train_batches, val_batches,
         if model.stop_training:
             break
     callbacks.on_train_end(logs)
+
+
+def fit_prepared(model: TrainingModel, data: Prepared, cfg: TrainParams, config_key: str, seed: int,
+                 extra_targets: Mapping[str, Targets] | None = None, callbacks=(), checkpoint: Path | None = None,
+                 views: Views | None = None) -> dict:
+    """``fit`` on the prepared train and val splits: their labels, plus ``extra_targets`` per
+    split (the teacher's outputs for distillation, kdflow.distillation.teacher_targets)."""
+    def targets(split: str) -> dict:
+        return {LABELS: data.xy(split)[1], **((extra_targets or {}).get(split) or {})}
+
+    return fit(model, (data.xy("train")[0], targets("train")), (data.xy("val")[0], targets("val")), cfg,
+               seed=seed, extra_callbacks=list(callbacks), config_key=config_key, checkpoint=checkpoint, views=views)

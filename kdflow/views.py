@@ -1,85 +1,167 @@
-"""Augmented views of the training images, shared by the teacher's cache and both students.
+"""Augmented views of the training images, shared by the teacher's cache and both students, and
+the view kinds (an extension point, kdflow.registry).
 
-A view of image i is a whole-pixel shift (zero fill) and, if enabled, a horizontal flip. Its
-parameters are a pure function of (seed, i, view index), drawn with TensorFlow's stateless
-random ops, so `soft_targets` (which caches the teacher's outputs for every view) and the
-student stages (which rebuild the views on the fly) derive the same table from the params,
-and ``apply`` builds the same pixels on both sides. In epoch e, sample i of a student sees
-view ``choice(seed, e)[i]``, also a pure function, so the distilled and the scratch student of
-one repeat see identical view sequences (FKD, Shen & Xing 2022; Beyer et al. 2022: the
-teacher's output for the very view the student sees).
+A view kind draws a table of integer parameters, one row per (image, view), and builds the
+views of a batch from its rows. The table is a pure function of (seed, image, view), drawn
+with TensorFlow's stateless random ops, so `soft_targets` (which caches the teacher's outputs
+for every view) and the student stages (which rebuild the views on the fly) derive the same
+table from the params, and the kind builds the same pixels on both sides. In epoch e, sample i
+of a student sees view ``choice(seed, e)[i]``, also a pure function, so the distilled and the
+scratch student of one repeat see identical view sequences (FKD, Shen & Xing 2022; Beyer et al.
+2022: the teacher's output for the very view the student sees).
+
+Adding a kind: a section class for its keys (they sit in ``views`` beside count, kind, flip and
+top_k), a ``draw`` and an ``apply``, one ``VIEW_KINDS.add`` line (docs/extending.md). TensorFlow
+is imported only when views are drawn or built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
-import tensorflow as tf
+from pydantic import Field
 
 from kdflow.errors import KdflowError
-from kdflow.params import ViewsParams
+from kdflow.params import StrictSection, ViewsParams, flat_section
+from kdflow.registry import Registry
 
 # Stream ids folded into the seed, so the view table and the per-epoch choice draw numbers
 # independent of each other and of the other uses of the seed (data order, initial weights).
 _TABLE_STREAM, _FLIP_STREAM, _CHOICE_STREAM = 0x7669, 0x666C, 0x6368
-DY, DX, FLIP = 0, 1, 2  # the columns of a view's parameters
+
+
+@dataclass(frozen=True)
+class ViewKind:
+    name: str
+    # (seed, images, views section, image shape) -> int32 [images, views.count, columns]; row i
+    # depends only on (seed, i, view index)
+    draw: Callable[[int, int, Any, tuple[int, ...]], np.ndarray]
+    # (images [b, H, W, C], their rows of the table [b, columns], views section) -> the views
+    apply: Callable[[Any, Any, Any], Any]
+    section: type[StrictSection] | None = None  # the kind's own keys in `views`
+    # why every view would be the image itself (an error when views.count > 0), or None
+    identity: Callable[[Any], str | None] = lambda cfg: None
 
 
 @dataclass(frozen=True)
 class Views:
-    """The views of a training split: ``table`` [images, views, 3] and the largest shift."""
+    """The views of a training split: ``table`` [images, views, columns] of the kind ``cfg.kind``."""
 
     table: np.ndarray
-    max_shift: int
+    cfg: Any  # the validated `views` section
 
     @property
     def count(self) -> int:
         return self.table.shape[1]
 
+    def apply(self, images, rows):
+        """The views of a batch of images, given their rows of the table."""
+        import tensorflow as tf
 
-def for_training(seed: int, count_images: int, cfg: ViewsParams, image_shape: tuple[int, ...]) -> Views | None:
+        return VIEW_KINDS[self.cfg.kind].apply(tf.convert_to_tensor(images), tf.cast(rows, tf.int32), self.cfg)
+
+    def choice(self, seed, epoch, count_images: int):
+        """The view each of ``count_images`` images is seen in during ``epoch`` (see ``choice``)."""
+        return choice(seed, epoch, count_images, self.count)
+
+
+def for_training(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> Views | None:
     """The training split's views, or None when ``views.count`` is 0 (the images as they are)."""
     if cfg.count == 0:
         return None
-    return Views(table(seed, count_images, cfg, image_shape), cfg.shift)
+    return Views(table(seed, count_images, cfg, image_shape), cfg)
 
 
-def table(seed: int, count_images: int, cfg: ViewsParams, image_shape: tuple[int, ...]) -> np.ndarray:
-    """int32 [count_images, cfg.count, 3]: (dy, dx, flip) of every view of every image. Row i
-    depends only on (seed, i, view index): stateless draws fill the table in row-major order."""
-    height, width = image_shape[:2]
-    if 2 * cfg.shift >= min(height, width):
-        raise KdflowError(f"views.shift = {cfg.shift}: must be less than half the image size "
-                          f"({height}x{width})")
-    shape = (count_images, cfg.count)
-    shifts = tf.random.stateless_uniform((*shape, 2), seed=(seed, _TABLE_STREAM), minval=-cfg.shift,
-                                         maxval=cfg.shift + 1, dtype=tf.int32)
-    flips = tf.random.stateless_uniform((*shape, 1), seed=(seed, _FLIP_STREAM), minval=0,
-                                        maxval=2 if cfg.flip else 1, dtype=tf.int32)
-    return tf.concat([shifts, flips], axis=-1).numpy()
+def table(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> np.ndarray:
+    """int32 [count_images, cfg.count, columns]: every view of every image, drawn by its kind."""
+    return VIEW_KINDS[cfg.kind].draw(seed, count_images, cfg, tuple(image_shape))
 
 
-def choice(seed: int | tf.Tensor, epoch: int | tf.Tensor, count_images: int, count_views: int) -> tf.Tensor:
+def uniform(seed: int, stream: int, shape: tuple[int, ...], minval, maxval, dtype="int32") -> np.ndarray:
+    """Stateless uniform draws of one stream of the seed, filled in row-major order (so the rows
+    of the first n images do not depend on how many images there are)."""
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform(shape, seed=(seed, stream), minval=minval, maxval=maxval,
+                                       dtype=getattr(tf, dtype)).numpy()
+
+
+def flips(seed: int, shape: tuple[int, ...], cfg) -> np.ndarray:
+    """int32 [*shape, 1]: 1 where a view is flipped horizontally (never without views.flip)."""
+    return uniform(seed, _FLIP_STREAM, (*shape, 1), 0, 2 if cfg.flip else 1)
+
+
+def choice(seed, epoch, count_images: int, count_views: int):
     """int32 [count_images]: the view each image is seen in during ``epoch`` (pure function of
     (seed, epoch, image index))."""
+    import tensorflow as tf
+
     pair = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
     pair = tf.random.experimental.stateless_fold_in(pair, _CHOICE_STREAM)
     return tf.random.stateless_uniform((count_images,), seed=pair, minval=0, maxval=count_views,
                                        dtype=tf.int32)
 
 
-def apply(images: tf.Tensor, params: tf.Tensor, max_shift: int) -> tf.Tensor:
-    """The views of a batch: images [b, H, W, C] and params [b, 3] (dy, dx, flip). Pure
-    indexing into the zero-padded batch (no interpolation), so it is exact and deterministic."""
-    images = tf.convert_to_tensor(images)
-    height, width = images.shape[1], images.shape[2]
-    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
-    params = tf.cast(params, tf.int32)
-    rows = tf.range(height)[None, :] - params[:, DY:DY + 1] + max_shift
+# ---- shift: whole-pixel shifts (and flips) ------------------------------------------------------
+
+class ShiftKnobs(StrictSection):
+    shift: int = Field(2, ge=0)  # largest shift, whole pixels along each axis (zero fill)
+
+
+DY, DX, FLIP = 0, 1, 2  # the columns of a shift view
+
+
+def draw_shifts(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> np.ndarray:
+    """(dy, dx, flip) of every view: shifts uniform in [-shift, shift] whole pixels."""
+    height, width = image_shape[:2]
+    if 2 * cfg.shift >= min(height, width):
+        raise KdflowError(f"views.shift = {cfg.shift}: must be less than half the image size "
+                          f"({height}x{width})")
+    shape = (count_images, cfg.count)
+    shifts = uniform(seed, _TABLE_STREAM, (*shape, 2), -cfg.shift, cfg.shift + 1)
+    return np.concatenate([shifts, flips(seed, shape, cfg)], axis=-1)
+
+
+def apply_shifts(images, params, cfg):
+    """Pure indexing into the zero-padded batch (no interpolation): exact and deterministic."""
+    import tensorflow as tf
+
+    height, width, pad = images.shape[1], images.shape[2], cfg.shift
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = tf.range(height)[None, :] - params[:, DY:DY + 1] + pad
     cols = tf.range(width)[None, :]
     flip = params[:, FLIP:FLIP + 1]
     # shift after flip: output column x shows input column (W-1-x)+dx if flipped, x-dx if not
-    cols = tf.where(flip == 1, width - 1 - cols + params[:, DX:DX + 1], cols - params[:, DX:DX + 1]) + max_shift
+    cols = tf.where(flip == 1, width - 1 - cols + params[:, DX:DX + 1], cols - params[:, DX:DX + 1]) + pad
     return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
 
+
+def _shift_identity(cfg) -> str | None:
+    if cfg.shift == 0 and not cfg.flip:
+        return "shift 0 and no flip: every view would be the image itself; set views.shift or views.flip"
+    return None
+
+
+# ---- the registry -------------------------------------------------------------------------------------
+
+def _compose(kinds: Registry[ViewKind]) -> dict[str, type]:
+    def check(self):
+        why = kinds[self.kind].identity(self)
+        if self.count > 0 and why:
+            raise ValueError(f"count = {self.count} with {why}, or views.count: 0")
+        return self
+
+    return {"views": flat_section(ViewsParams, kinds, "kind", check)}
+
+
+VIEW_KINDS: Registry[ViewKind] = Registry("view kind", "views.kind", _compose)
+VIEW_KINDS.add(ViewKind("shift", draw_shifts, apply_shifts, ShiftKnobs, _shift_identity))
+
+
+def knobs(cfg) -> dict[str, Any]:
+    """The keys of ``views`` that shape its views: the common ones and its kind's (for the report)."""
+    kind = VIEW_KINDS[cfg.kind]
+    own = tuple(kind.section.model_fields) if kind.section else ()
+    return {f"views.{key}": getattr(cfg, key) for key in ("count", "kind", *own, "flip")}

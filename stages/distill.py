@@ -1,30 +1,44 @@
 """Stage `distill`: train `repeats` students on the augmented views, from the labels and the
-teacher's cached outputs for each view.
+teacher's cached outputs for each view (and, for a method with a feature hint, the teacher's
+features at its hint layer, computed here over the same views).
 
 Writes models/student_distilled.keras (repeat 0), models/student_distilled_repeats/ and
 metrics/distill.json. A killed run resumes from its last finished epoch.
 """
 
+from kdflow.architectures import FAMILIES
+from kdflow.losses import METHODS
 from kdflow.params import load_params
 from kdflow.runner import run_stage
+from kdflow.views import VIEW_KINDS
 
 
 def main() -> None:
-    params = load_params()
-    from kdflow import artifacts, distribute, recipes, resume, soft_targets
+    params = load_params(FAMILIES, VIEW_KINDS, METHODS)
+    from kdflow import distribute, losses, soft_targets
     from kdflow.data import load_prepared
-    from kdflow.io import atomic_dir, write_json
-    from kdflow.paths import PREPARED_DIR, SOFT_TARGETS_DIR, live_dir, metrics_file
 
     distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
-    train_views = recipes.training_views(params, data)
-    cache = soft_targets.load(data, train_views, with_features=params.distill.needs_teacher_features)
-    with resume.run_dir("distill", params, [PREPARED_DIR, SOFT_TARGETS_DIR]) as run_dir:
+    soft_targets.check_data(data)
+    from kdflow import artifacts, distillation, resume, views
+    from kdflow.io import atomic_dir, write_json
+    from kdflow.paths import PREPARED_DIR, SOFT_TARGETS_DIR, live_dir, metrics_file, model_file
+
+    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
+    cache = soft_targets.load(data, train_views)
+    inputs = [PREPARED_DIR, SOFT_TARGETS_DIR]
+    if losses.chosen(params.distill).needs_teacher_features:
+        teacher = artifacts.load_role("teacher", safe_mode=params.teacher.safe_mode)
+        cache.update(soft_targets.features(teacher, data, losses.knobs(params.distill).teacher_layer, train_views))
+        inputs.append(model_file("teacher"))
+    with resume.run_dir("distill", params, inputs) as run_dir:
         with atomic_dir(live_dir("distill")) as log_dir:
-            students = recipes.train_students(params, data, cache, train_views=train_views,
-                                              log_dir=log_dir, run_dir=run_dir)
-            summary = artifacts.save_students("student_distilled", students)
+            trained = distillation.train_students(
+                params.student, params.train_student, params.repeats, params.seed, data, cache, alpha=params.alpha,
+                temperature=params.temperature, distill_cfg=params.distill, views=train_views, log_dir=log_dir,
+                run_dir=run_dir)
+            summary = artifacts.save_students("student_distilled", trained)
         write_json(metrics_file("distill"), summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_distilled*")

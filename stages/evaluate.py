@@ -7,13 +7,15 @@ confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export s
 deployment numbers, figures). CPU latency is wall-clock: timings/evaluate.json, not tracked.
 """
 
+from kdflow.losses import METHODS
 from kdflow.params import load_params
 from kdflow.runner import run_stage
+from kdflow.views import VIEW_KINDS
 
 
 def main() -> None:
-    params = load_params()
-    from kdflow import repro
+    params = load_params(VIEW_KINDS, METHODS)  # the report names the views and the method
+    from kdflow import losses, repro, views
     from kdflow.comparison import GAINS, ROLES, compare
     from kdflow.data import load_prepared
     from kdflow.io import read_json, write_json
@@ -21,14 +23,19 @@ def main() -> None:
     from kdflow.report import kd_verdict, recommendation, write_confusion_plots, write_report
     from kdflow.teacher_check import warning as teacher_warning
 
-    repro.make_deterministic(params.seed)
     data = load_prepared(("val", "test"))
+    deployment = read_json(metrics_file("export"), produced_by="export")
+    repro.make_deterministic(params.seed)
     result = compare(data, teacher_safe_mode=params.teacher.safe_mode)
     if warning := teacher_warning(result.metrics["teacher_check"]):
         print(f"evaluate: WARNING: {warning}")
+    knobs = {"dataset": params.data.name, "teacher": params.teacher.arch, "student": params.student.arch,
+             "distill.method": params.distill.method, "alpha": params.alpha, "temperature": params.temperature,
+             **views.knobs(params.views), "repeats": params.repeats,
+             "train_student.epochs": params.train_student.epochs, "seed": params.seed}
+    hinted = losses.chosen(params.distill).needs_teacher_features
     write_confusion_plots(result, data.class_names)
-    deployment = read_json(metrics_file("export"), produced_by="export")
-    write_report(result, params, data.class_names, deployment)
+    write_report(result, knobs, hinted, data.class_names, deployment)
     write_json(metrics_file("evaluate"), result.metrics)
     write_json(timings_file("evaluate"), {"unit": "ms, median per call", **result.latency})
 
@@ -42,7 +49,7 @@ def main() -> None:
         ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
         print(f"evaluate: {name} {gain['mean']:+.4f}{ci}")
     print(f"evaluate: gap closed {result.metrics['gap_closed']}; report in reports/summary.md")
-    print("evaluate: " + kd_verdict(result.metrics, params).replace("**", ""))
+    print("evaluate: " + kd_verdict(result.metrics, params.alpha, hinted).replace("**", ""))
     print("evaluate: which to use: " + recommendation(result.metrics).replace("**", ""))
 
 

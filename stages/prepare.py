@@ -2,12 +2,13 @@
 
 from kdflow.params import load_params
 from kdflow.runner import run_stage
+from kdflow.sources import SOURCES
 
 
 def main() -> None:
-    params = load_params()
-    from kdflow.data import prepare
+    params = load_params(SOURCES)
     from kdflow.paths import PREPARED_DIR
+    from kdflow.splits import prepare
 
     meta = prepare(params.data, params.seed)
     print(f"prepare: {meta['dataset']} {meta['sizes']} classes={meta['num_classes']} -> {PREPARED_DIR}/")

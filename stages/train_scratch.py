@@ -5,24 +5,30 @@ Writes models/student_scratch.keras (repeat 0), models/student_scratch_repeats/ 
 metrics/train_scratch.json. A killed run resumes from its last finished epoch.
 """
 
+from kdflow.architectures import FAMILIES
 from kdflow.params import load_params
 from kdflow.runner import run_stage
+from kdflow.views import VIEW_KINDS
 
 
 def main() -> None:
-    params = load_params()
-    from kdflow import artifacts, distribute, recipes, resume
+    params = load_params(FAMILIES, VIEW_KINDS)
+    from kdflow import distribute
     from kdflow.data import load_prepared
-    from kdflow.io import atomic_dir, write_json
-    from kdflow.paths import PREPARED_DIR, live_dir, metrics_file
 
     distribute.setup(params.runtime)
     data = load_prepared(("train", "val"))
+    from kdflow import artifacts, resume, students, views
+    from kdflow.io import atomic_dir, write_json
+    from kdflow.paths import PREPARED_DIR, live_dir, metrics_file
+
+    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
     with resume.run_dir("train_scratch", params, [PREPARED_DIR]) as run_dir:
         with atomic_dir(live_dir("train_scratch")) as log_dir:
-            students = recipes.train_students(params, data, train_views=recipes.training_views(params, data),
-                                              log_dir=log_dir, run_dir=run_dir)
-            summary = artifacts.save_students("student_scratch", students)
+            trained = students.train_students(params.student, params.train_student, params.repeats, params.seed, data,
+                                              role="student_scratch", views=train_views, log_dir=log_dir,
+                                              run_dir=run_dir)
+            summary = artifacts.save_students("student_scratch", trained)
         write_json(metrics_file("train_scratch"), summary)
     print(f"train_scratch: mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_scratch*")

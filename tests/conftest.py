@@ -43,6 +43,38 @@ def minimal_params(**overrides) -> dict:
     return raw
 
 
+def validated(**overrides):
+    """``minimal_params(**overrides)``, validated with every section (kdflow.extensions)."""
+    from kdflow.extensions import validate_all
+
+    return validate_all(minimal_params(**overrides))
+
+
+def section(key: str, **values):
+    """One section of params.yaml (``data``, ``views``, ``student``, ...), composed with its
+    extension point and validated: ``section("views", count=4)``."""
+    from kdflow.extensions import schema
+
+    return schema().model_fields[key].annotation.model_validate(values)
+
+
+def scratch_students(params, data, **kwargs):
+    """The scratch students of ``params``, as train_scratch trains them (``views=`` for views)."""
+    from kdflow import students
+
+    return students.train_students(params.student, params.train_student, params.repeats, params.seed, data,
+                                   role=kwargs.pop("role", "student_scratch"), **kwargs)
+
+
+def distilled_students(params, data, cache, **kwargs):
+    """The distilled students of ``params`` on a teacher cache, as distill trains them."""
+    from kdflow import distillation
+
+    return distillation.train_students(params.student, params.train_student, params.repeats, params.seed, data,
+                                       cache, alpha=params.alpha, temperature=params.temperature,
+                                       distill_cfg=params.distill, **kwargs)
+
+
 def make_prepared(n_per_class: int = 20, num_classes: int = 3, shape=(8, 8, 1), seed: int = 0):
     """A small learnable image dataset (class = which quadrant is bright), as Prepared."""
     from kdflow.data import Prepared, content_hash
@@ -83,14 +115,33 @@ def run_stage(name, cwd, timeout=300):
 
 # ---- the real dvc CLI in temporary git repositories ---------------------------------------
 
-def sh(args, cwd, check=True, env=None):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "kdflow-test", "GIT_AUTHOR_EMAIL": "test@kdflow",
-           "GIT_COMMITTER_NAME": "kdflow-test", "GIT_COMMITTER_EMAIL": "test@kdflow", **(env or {})}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
+def _env(env=None) -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "kdflow-test", "GIT_AUTHOR_EMAIL": "test@kdflow",
+            "GIT_COMMITTER_NAME": "kdflow-test", "GIT_COMMITTER_EMAIL": "test@kdflow", **(env or {})}
+
+
+def _checked(args, result):
+    if result.returncode != 0:
         pytest.fail(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def sh(args, cwd, check=True, env=None):
+    result = subprocess.run(args, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=900)
+    return _checked(args, result) if check else result
+
+
+def sh_together(*runs):
+    """Several ``(args, cwd, env)`` commands at once (independent projects: stage start-up is
+    mostly single-threaded, so two overlap well on 2 cores); each must succeed."""
+    started = [(args, subprocess.Popen(args, cwd=cwd, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)) for args, cwd, env in runs]
+    results = []
+    for args, process in started:
+        out, err = process.communicate(timeout=900)
+        results.append(_checked(args, subprocess.CompletedProcess(args, process.returncode, out, err)))
+    return results
 
 
 def stages_skipped(output: str) -> set[str]:
@@ -121,21 +172,34 @@ def make_repo(repo: Path, commit: bool = True, **param_updates) -> Path:
 
 
 @pytest.fixture(scope="session")
-def params_log(tmp_path_factory) -> Path:
-    """Where the session's pipeline runs record the params each stage read (kdflow.param_usage)."""
-    return tmp_path_factory.mktemp("params_log") / "reads.jsonl"
+def session_repos(tmp_path_factory):
+    """The session's two pipeline runs, side by side: the tiny project with the committed params
+    and a user's own data and teacher. Each stage records the params it read (kdflow.param_usage)
+    in its run's log. Returns {"pipeline": (repo, output, log), "byo": (...)}."""
+    logs = tmp_path_factory.mktemp("params_log")
+    pipeline = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    byo = make_byo_repo(tmp_path_factory.mktemp("byo") / "repo")
+    runs = sh_together(*[(["dvc", "repro"], repo, {"KDFLOW_PARAMS_LOG": str(logs / f"{name}.jsonl")})
+                         for name, repo in (("pipeline", pipeline), ("byo", byo))])
+    return {name: (repo, run.stdout + run.stderr, logs / f"{name}.jsonl")
+            for (name, repo), run in zip((("pipeline", pipeline), ("byo", byo)), runs)}
 
 
 @pytest.fixture(scope="session")
-def pipeline_repo(tmp_path_factory, params_log):
-    """A tiny project after one full `dvc repro`, committed: the session's one pipeline run.
-    Tests that change a project work on a copy (``copy_repo``)."""
-    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    first = sh(["dvc", "repro"], repo, env={"KDFLOW_PARAMS_LOG": str(params_log)})
-    assert stages_run(first.stdout) == ALL_STAGES
+def params_logs(session_repos) -> list[Path]:
+    """The params each stage read in the session's pipeline runs, one JSON line per stage run."""
+    return [log for _, _, log in session_repos.values()]
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(session_repos):
+    """A tiny project after one full `dvc repro`, committed: the session's pipeline run of the
+    committed params. Tests that change a project work on a copy (``copy_repo``)."""
+    repo, output, _ = session_repos["pipeline"]
+    assert stages_run(output) == ALL_STAGES
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline results"], repo)
-    (repo.parent / "first_repro.log").write_text(first.stdout)
+    (repo.parent / "first_repro.log").write_text(output)
     return repo
 
 
@@ -145,14 +209,12 @@ def copy_repo(repo: Path, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.fixture(scope="session")
-def byo_repo(tmp_path_factory, params_log):
+def make_byo_repo(repo: Path) -> Path:
     """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own .keras teacher,
-    tracked with `dvc add` and distilled with FitNets (a hint from the teacher's `features`
-    layer): the other code paths of every stage, in one `dvc repro`. Returns (repo, its output)."""
+    tracked with `dvc add`, to be distilled with FitNets (a hint from the teacher's `features`
+    layer): the other code paths of every stage."""
     import keras
 
-    repo = tmp_path_factory.mktemp("byo") / "repo"
     (repo / "inputs").mkdir(parents=True)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.array(["ant", "bee", "cow"]), 20)
@@ -166,9 +228,15 @@ def byo_repo(tmp_path_factory, params_log):
     make_repo(repo, commit=False,
               data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2},
               teacher={"source": "file", "path": "inputs/teacher.keras"},
-              distill={"method": "fitnet"}, fitnet={"teacher_layer": "features", "student_layer": "flatten"})
+              distill={"method": "fitnet", "fitnet": {"teacher_layer": "features", "student_layer": "flatten"}})
     sh(["dvc", "add", "inputs/mine.npz", "inputs/teacher.keras"], repo)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "track inputs"], repo)
-    first = sh(["dvc", "repro"], repo, env={"KDFLOW_PARAMS_LOG": str(params_log)})
-    return repo, first.stdout + first.stderr
+    return repo
+
+
+@pytest.fixture(scope="session")
+def byo_repo(session_repos):
+    """The user's-own-data project after its `dvc repro`: (repo, its output)."""
+    repo, output, _ = session_repos["byo"]
+    return repo, output

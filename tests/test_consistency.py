@@ -1,8 +1,10 @@
 """One source of truth: the facts written in more than one place agree, and each check is shown
 to catch a deliberately stale entry.
 
-- params.yaml spells out exactly the schema's defaults (kdflow/params.py);
-- each stage's code deps in dvc.yaml are exactly the files its script imports (transitively);
+- params.yaml spells out the schema's defaults (the core and every extension point's registry);
+- each stage's code deps in dvc.yaml are exactly the files its script imports (transitively),
+  and no module reaches a stage whose outputs it cannot change (the module -> stages table of
+  docs/extending.md, printed by the test);
 - each stage's params in dvc.yaml are exactly what it reads (recorded while the pipeline runs);
 - dvc.yaml's outputs are the paths kdflow.paths defines;
 - the README's stage table and docs/params.md agree with dvc.yaml and the schema.
@@ -17,10 +19,12 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from kdflow import paths
+from kdflow import losses, paths
+from kdflow.architectures import FAMILIES
+from kdflow.extensions import REGISTRIES, load_all, schema, validate_all
 from kdflow.losses import METHODS
 from kdflow.param_usage import ParamsView
-from kdflow.params import Params, load_params
+from kdflow.params import Params
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = list(DVC_YAML["stages"])
@@ -41,18 +45,34 @@ def dumped(params: Params) -> dict:
     (a null *value*, such as `patience: null`, is a setting and stays)."""
     def prune(tree):
         return {k: prune(v) if isinstance(v, dict) else v for k, v in tree.items()
-                if not (k in ("spec", "resnet") and v is None)}
+                if not (k in FAMILIES and v is None)}
     return prune(params.model_dump())
 
 
+def unselected_entry_keys() -> set[str]:
+    """The keys that entries other than the default ones add (`views.<a kind's key>`,
+    `distill.<method>.*`): params.yaml may leave them out, as a user's may (their defaults apply)."""
+    keys, defaults = set(), schema()()
+    for registry in REGISTRIES:
+        selector = registry.key.rsplit(".", 1)[-1]
+        for top, composed in registry.sections.items():
+            chosen = getattr(getattr(defaults, top), selector)
+            for entry in registry:
+                if entry.section is None or entry.name == chosen:
+                    continue
+                nested = entry.name in composed.model_fields
+                keys |= {f"{top}.{entry.name}.{f}" if nested else f"{top}.{f}" for f in entry.section.model_fields}
+    return keys
+
+
 def schema_disagreements(raw: dict) -> list[str]:
-    """Keys where a params mapping differs from the schema's defaults, or that one of them lacks."""
-    defaults = dumped(Params())
-    given = dumped(Params.model_validate(raw))
-    problems = sorted(leaf_keys(defaults) ^ leaf_keys(raw))
-    flat_defaults, flat_given = _flat(defaults), _flat(given)
-    problems += [f"{k}: {flat_given[k]!r} != default {flat_defaults[k]!r}" for k in sorted(flat_defaults)
-                 if flat_given.get(k) != flat_defaults[k]]
+    """Keys where a params mapping differs from the schema's defaults, that it lacks (all but the
+    unselected entries' keys), or that the schema does not know."""
+    defaults = _flat(dumped(schema()()))
+    given = _flat(dumped(validate_all(raw)))
+    present = leaf_keys(raw)
+    problems = sorted((set(defaults) - present - unselected_entry_keys()) | (present - set(defaults)))
+    problems += [f"{k}: {given[k]!r} != default {defaults[k]!r}" for k in sorted(defaults) if given.get(k) != defaults[k]]
     return problems
 
 
@@ -66,13 +86,14 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def test_params_yaml_spells_out_exactly_the_schema_defaults():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert schema_disagreements(raw) == []
-    assert load_params(ROOT / "params.yaml") == Params()
+    assert load_all(ROOT / "params.yaml") == schema()()
 
 
 def test_a_stale_default_in_params_yaml_is_caught():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["repeats"] = 3
     del raw["train_teacher"]["augment"]["shift"]
+    del raw["distill"]["dkd"]  # an unselected method's knobs may be left out
     # a key missing from params.yaml, and a value that is not the schema's default
     assert schema_disagreements(raw) == ["train_teacher.augment.shift", "repeats: 3 != default 5"]
 
@@ -120,6 +141,57 @@ def test_a_stale_code_dep_is_caught():
     assert code_deps("distill") - declared_code_deps(stale, "distill") == {"kdflow/losses.py"}
 
 
+def stages_of_modules(deps: dict[str, set[str]]) -> dict[str, list[str]]:
+    """kdflow module -> the stages whose code deps include it (in pipeline order)."""
+    modules = sorted(f"kdflow/{p.name}" for p in (ROOT / "kdflow").glob("*.py"))
+    return {m: [stage for stage in STAGES if m in deps[stage]] for m in modules}
+
+
+TRAINING = {"train_teacher", "distill", "train_scratch", "train_plain"}
+# module -> the only stages it may reach: a change to it can change no other stage's outputs
+MAY_REACH = {
+    **dict.fromkeys(("kdflow/losses.py",), {"distill", "evaluate"}),  # the KD methods (evaluate names them)
+    "kdflow/distillation.py": {"distill"},
+    **dict.fromkeys(("kdflow/sources.py", "kdflow/splits.py"), {"prepare"}),
+    "kdflow/architectures.py": TRAINING,
+    "kdflow/views.py": {"soft_targets", "distill", "train_scratch", "evaluate"},
+    "kdflow/students.py": {"distill", "train_scratch", "train_plain"},
+    "kdflow/teacher.py": {"train_teacher"},
+    # the report and its metrics: never a training stage
+    **dict.fromkeys(("kdflow/evaluation.py", "kdflow/comparison.py", "kdflow/report.py", "kdflow/teacher_check.py"),
+                    {"evaluate"}),
+    "kdflow/calibration.py": {"export", "evaluate"},
+    # tools run outside the pipeline: editing them reruns nothing
+    **dict.fromkeys(("kdflow/search.py", "kdflow/selection.py", "kdflow/cli.py", "kdflow/extensions.py"), set()),
+}
+
+
+def reach_problems(table: dict[str, list[str]]) -> list[str]:
+    return [f"{m} reaches {', '.join(s for s in stages if s not in MAY_REACH[m])}" for m, stages in table.items()
+            if m in MAY_REACH and not set(stages) <= MAY_REACH[m]]
+
+
+def markdown_table(table: dict[str, list[str]]) -> str:
+    lines = ["| module | stages that depend on it |", "|---|---|"]
+    lines += [f"| `{m.removeprefix('kdflow/')}` | {', '.join(f'`{s}`' for s in stages) or '(none: a tool)'} |"
+              for m, stages in table.items()]
+    return "\n".join(lines)
+
+
+def test_each_module_reaches_only_the_stages_it_can_change_and_the_docs_show_the_table():
+    deps = {stage: code_deps(stage) for stage in STAGES}
+    table = stages_of_modules(deps)
+    print(markdown_table(table))  # the table of docs/extending.md (pytest -s shows it)
+    assert reach_problems(table) == []
+    assert set(MAY_REACH) <= set(table)  # every rule names a module that exists
+    assert markdown_table(table) in (ROOT / "docs/extending.md").read_text()
+    # The rule is shown to fire: a KD loss or a metric imported by a training stage.
+    deps["train_teacher"] |= {"kdflow/losses.py"}
+    deps["train_scratch"] |= {"kdflow/evaluation.py"}
+    assert reach_problems(stages_of_modules(deps)) == ["kdflow/evaluation.py reaches train_scratch",
+                                                       "kdflow/losses.py reaches train_teacher"]
+
+
 # ---- params: what each stage reads ---------------------------------------------------------
 
 def covered(key: str, listed: list[str]) -> bool:
@@ -142,17 +214,19 @@ def method_reads() -> set[str]:
     """What building each registered distillation method reads (a method's knobs are read only
     when it is the one chosen, so no single pipeline run reads them all)."""
     keys: set[str] = set()
-    for method, build in METHODS.items():
-        build(ParamsView(Params.model_validate({"distill": {"method": method}}), "", keys))
+    for method in METHODS.names():
+        view = ParamsView(validate_all({"distill": {"method": method}}), "", keys)
+        losses.method(view.distill, view.temperature)
     return keys
 
 
 @pytest.mark.e2e
-def test_dvc_yaml_params_are_what_each_stage_reads(pipeline_repo, byo_repo, params_log):
+def test_dvc_yaml_params_are_what_each_stage_reads(params_logs):
     reads = {stage: set() for stage in STAGES}
-    for line in params_log.read_text().splitlines():  # the session's runs: default params, and byo + fitnet
-        record = json.loads(line)
-        reads[record["stage"]] |= set(record["keys"])
+    for log in params_logs:  # the session's runs: default params, and byo + fitnet
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            reads[record["stage"]] |= set(record["keys"])
     assert all(reads.values()), reads
     reads["distill"] |= method_reads()
     assert param_problems(DVC_YAML, reads) == []
@@ -199,10 +273,9 @@ def documented_defaults(text: str) -> dict[str, str]:
 
 
 def schema_defaults() -> dict[str, str]:
-    from kdflow.architectures import ArchSpec, ResNetSpec
-
-    flat = _flat(dumped(Params()))
-    flat.update(_flat({"spec": ArchSpec().model_dump(), "resnet": ResNetSpec().model_dump()}))
+    """Every key with its default: the whole schema, and each architecture family's section."""
+    flat = _flat(dumped(schema()()))
+    flat.update(_flat({family.name: family.section().model_dump() for family in FAMILIES}))
     return {key: yaml_text(value) for key, value in flat.items()}
 
 

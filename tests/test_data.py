@@ -3,9 +3,15 @@ import json
 import numpy as np
 import pytest
 
-from kdflow.data import RawData, load_prepared, prepare, split
+from conftest import section
+from kdflow.data import load_prepared
 from kdflow.errors import KdflowError
-from kdflow.params import DataParams
+from kdflow.sources import RawData
+from kdflow.splits import prepare, split
+
+
+def DataParams(**values):  # noqa: N802 - the `data` section, as prepare validates it
+    return section("data", **values)
 
 
 def synthetic_raw(n=300, classes=3):
@@ -120,11 +126,12 @@ def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tm
     import tracemalloc
 
     import kdflow.data as data_module
+    import kdflow.splits as splits_module
     from kdflow.sources import encode_labels
 
     raw = synthetic_raw(n=6000)  # 6,000 x 4x4x1 float32 + labels, sorted by class
     raw = encode_labels(RawData(np.ascontiguousarray(np.tile(raw.x, (1, 8, 8, 1))), raw.y), "synthetic")  # 24 MiB
-    monkeypatch.setattr(data_module, "load", lambda cfg: raw)
+    monkeypatch.setattr(splits_module, "load", lambda cfg: raw)
     cfg = DataParams(val_fraction=0.1, test_fraction=0.2)
     tracemalloc.start()
     try:

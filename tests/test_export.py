@@ -4,19 +4,16 @@ run by the interpreter."""
 import keras
 import numpy as np
 
-from conftest import make_prepared, minimal_params
+from conftest import make_prepared, scratch_students, validated
 
 
 def test_every_exported_form_is_the_student_with_its_validation_temperature(tmp_path):
-    from kdflow import recipes
     from kdflow.calibration import fit_temperature
-    from kdflow.evaluation import predict_logits
     from kdflow.export import TfliteModel, export_student
-    from kdflow.params import Params
+    from kdflow.inference import predict_logits
 
     data = make_prepared(n_per_class=30, num_classes=3)
-    params = Params.model_validate(minimal_params(repeats=1))
-    student, _ = next(recipes.train_students(params, data))
+    student, _ = next(scratch_students(validated(repeats=1), data))
     metrics, latency = export_student(student, data, tmp_path / "out", calibration_samples=32, seed=0)
     assert (tmp_path / "out/saved_model/saved_model.pb").is_file()
     x_val, y_val = data.xy("val")

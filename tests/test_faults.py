@@ -1,7 +1,9 @@
 """Faults and bad input through the real stage scripts, one case per failure type: each exits
 non-zero with one line that names the problem, writes nothing, and leaves the project usable.
 The rules behind each message are tested in-process (test_params, test_sources, test_data,
-test_training); here it is the stage wrapper's job that is checked."""
+test_training); here it is the stage wrapper's job that is checked. Input checks run before
+TensorFlow starts; the cases that need trained artifacts work on copies of the session's tiny
+pipeline (conftest.pipeline_repo)."""
 
 import shutil
 import signal
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import minimal_params, run_stage, stage_env
+from conftest import copy_repo, minimal_params, run_stage, stage_env
 
 pytestmark = pytest.mark.e2e
 
@@ -48,24 +50,6 @@ def test_bad_data_file_names_the_file_and_the_problem(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A project with prepared data, a trained teacher and its soft targets (tiny settings)."""
-    root = tmp_path_factory.mktemp("trained")
-    write_params(root, minimal_params())
-    for stage in ("prepare", "train_teacher", "soft_targets"):
-        result = run_stage(stage, root)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert result.stderr == "", result.stderr  # no TensorFlow start-up noise
-    return root
-
-
-def copy_of(trained, tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(trained, project)
-    return project
-
-
 def test_missing_upstream_artifact_names_the_stage_to_run(tmp_path):
     write_params(tmp_path, minimal_params())
     assert_clean_failure(run_stage("train_teacher", tmp_path),
@@ -73,8 +57,8 @@ def test_missing_upstream_artifact_names_the_stage_to_run(tmp_path):
     assert not (tmp_path / "models").exists()
 
 
-def test_damaged_teacher_names_the_stage_to_rerun(trained, tmp_path):
-    project = copy_of(trained, tmp_path)
+def test_damaged_teacher_names_the_stage_to_rerun(pipeline_repo, tmp_path):
+    project = copy_repo(pipeline_repo, tmp_path)
     teacher = project / "models/teacher.keras"
     teacher.write_bytes(teacher.read_bytes()[:500])
     shutil.rmtree(project / "data/soft_targets")
@@ -83,8 +67,9 @@ def test_damaged_teacher_names_the_stage_to_rerun(trained, tmp_path):
     assert not (project / "data/soft_targets").exists()
 
 
-def test_soft_targets_of_other_data_are_refused(trained, tmp_path):
-    project = copy_of(trained, tmp_path)
+def test_soft_targets_of_other_data_are_refused(pipeline_repo, tmp_path):
+    project = copy_repo(pipeline_repo, tmp_path)
+    (project / "models/student_distilled.keras").unlink()
     meta = project / "data/soft_targets/meta.json"
     meta.write_text(meta.read_text().replace('"data_hash": "', '"data_hash": "0'))
     assert_clean_failure(run_stage("distill", project),
@@ -121,25 +106,22 @@ def wait_for_epoch(process, epoch=2, timeout=120):
     pytest.fail("stage ended before it could be interrupted:\n" + "".join(seen[-20:]))
 
 
-# The stop signals: SIGKILL (no clean-up at all), then Ctrl-C (SIGINT) or `kill` / `dvc queue
-# kill` / a CI time-out (SIGTERM).
+# The stop signals, each once: Ctrl-C (SIGINT) and `kill` / `dvc queue kill` / a CI time-out
+# (SIGTERM). SIGKILL, which leaves no chance to clean up, is test_scaleout's resume test.
 @pytest.mark.parametrize("stage, outputs, stop", [
     ("distill", ["models/student_distilled.keras", "models/student_distilled_repeats", "dvclive/distill"],
      signal.SIGINT),
     ("train_scratch", ["models/student_scratch.keras", "models/student_scratch_repeats", "dvclive/train_scratch"],
      signal.SIGTERM),
 ])
-def test_killed_or_interrupted_training_leaves_no_output(trained, tmp_path, stage, outputs, stop):
-    project = copy_of(trained, tmp_path)
-    long = {"epochs": 200, "batch_size": 16, "learning_rate": 0.001, "lr_floor": 0.1, "amsgrad": False, "patience": None}
-    write_params(project, minimal_params(train_teacher=long, train_student=long))
-
-    process = start_stage(stage, project)
-    wait_for_epoch(process)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    for out in outputs:
-        assert not (project / out).exists(), out
+def test_interrupted_training_leaves_no_output(pipeline_repo, tmp_path, stage, outputs, stop):
+    project = copy_repo(pipeline_repo, tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train_student"].update(epochs=200, batch_size=16)  # long enough to be stopped mid-run
+    write_params(project, params)
+    for out in outputs:  # the committed run's outputs: the stopped run must not leave any
+        path = project / out
+        path.unlink() if path.is_file() else shutil.rmtree(path)
 
     process = start_stage(stage, project)
     wait_for_epoch(process)
@@ -149,7 +131,7 @@ def test_killed_or_interrupted_training_leaves_no_output(trained, tmp_path, stag
     assert f"kdflow {stage}: interrupted, no outputs written" in rest and "Traceback" not in rest
     for out in outputs:
         assert not (project / out).exists(), out
-    # the SIGKILLed run's temp files were removed by the next run, and that run's own by the handler
+    # the handler removed this run's temp files
     leftovers = [p.name for folder in ("models", "dvclive") if (project / folder).exists()
-                 for p in (project / folder).glob(".*")]
+                 for p in (project / folder).glob(".*.tmp")]
     assert leftovers == []

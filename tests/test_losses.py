@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import minimal_params
-from kdflow import objective
-from kdflow.losses import METHODS, hard_ce, soft_kl
-from kdflow.objective import LABELS, TEACHER_FEATURES, TEACHER_LOGITS, training_model
-from kdflow.params import validate
+from conftest import validated
+from kdflow import distillation, losses, objective
+from kdflow.distillation import TEACHER_FEATURES, TEACHER_LOGITS
+from kdflow.losses import METHODS, soft_kl
+from kdflow.objective import LABELS, hard_ce, training_model
 
 
 def np_log_softmax(z):
@@ -136,13 +136,18 @@ def test_mse_matches_numpy_reference(batch):
 # ---- the objective: TrainingModel.compute_loss -------------------------------------------------
 
 def model_for(params=None, regularizer=None, hint_width=0):
-    """A TrainingModel over a 5-class network; compute_loss is called with given logits."""
+    """A TrainingModel over a 5-class network; compute_loss is called with given logits. A
+    FitNets hint guides its layer `hidden` (distill.fitnet.student_layer)."""
     inputs = keras.Input((3,))
     hidden = keras.layers.Dense(4, name="hidden", kernel_regularizer=regularizer)(inputs)
     network = keras.Model(inputs, keras.layers.Dense(5, name="logits")(hidden))
-    goal = objective.HARD_LABELS if params is None else objective.distillation(params)
-    hint = network.get_layer("hidden").output if hint_width else None
-    return training_model(network, goal, hint, hint_width)
+    goal = objective.HARD_LABELS if params is None else distillation.objective(
+        params.alpha, params.temperature, params.distill, hint_width)
+    return training_model(network, goal)
+
+
+def distill_params(method="kd", **overrides):
+    return validated(distill={"method": method, "fitnet": {"student_layer": "hidden"}}, **overrides)
 
 
 def targets_for(labels, teacher, features=None):
@@ -160,7 +165,7 @@ def logged(model) -> dict:
 @pytest.mark.parametrize("temperature", [1.0, 4.0, 10.0])
 def test_kd_objective_matches_numpy_reference_and_logs_each_term(batch, alpha, temperature):
     labels, teacher, student = batch
-    model = model_for(validate(minimal_params(alpha=alpha, temperature=temperature)))
+    model = model_for(distill_params(alpha=alpha, temperature=temperature))
     loss = model.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32))
     np.testing.assert_allclose(float(loss), np.mean(np_kd_loss(labels, teacher, student, alpha, temperature)),
                                rtol=1e-4)
@@ -194,10 +199,10 @@ def test_label_smoothing_is_the_cross_entropy_with_smoothed_one_hot_targets(batc
     np.testing.assert_allclose(float(loss), expected.mean(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", METHODS.names())
 def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, method):
     labels, teacher, student = batch
-    params = validate(minimal_params(alpha=0.3, distill={"method": method}))
+    params = distill_params(method, alpha=0.3)
     rng = np.random.default_rng(1)
     features, projected = (rng.normal(size=(16, 7)), rng.normal(size=(16, 7))) if method == "fitnet" else (None, None)
     model = model_for(params, hint_width=7 if method == "fitnet" else 0)
@@ -205,8 +210,8 @@ def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, metho
     if method == "fitnet":  # outputs [logits, projected hint]
         y_pred = [y_pred, tf.constant(projected, tf.float32)]
     loss = model.compute_loss(y=targets_for(labels, teacher, features), y_pred=y_pred)
-    term = METHODS[method](params).term(tf.constant(labels), tf.constant(teacher, tf.float32),
-                                        tf.constant(student, tf.float32)).numpy()
+    term = losses.method(params.distill, params.temperature).term(
+        tf.constant(labels), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)).numpy()
     hint = ((projected - features) ** 2).mean(1) if method == "fitnet" else 0.0
     np.testing.assert_allclose(float(loss), np.mean(0.3 * hard_ce(labels, student) + 0.7 * term + hint), rtol=1e-5)
     terms = logged(model)
@@ -218,11 +223,11 @@ def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, metho
 
 def test_dkd_warmup_ramps_the_soft_term(batch):
     labels, teacher, student = batch
-    params = validate(minimal_params(alpha=0.0, distill={"method": "dkd"}, dkd={"warmup_epochs": 4}))
+    params = validated(alpha=0.0, distill={"method": "dkd", "dkd": {"warmup_epochs": 4}})
     model = model_for(params)
     (warmup,) = model.objective.callbacks()
-    full = METHODS["dkd"](params).term(tf.constant(labels), tf.constant(teacher, tf.float32),
-                                       tf.constant(student, tf.float32)).numpy().mean()
+    full = losses.method(params.distill, params.temperature).term(
+        tf.constant(labels), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)).numpy().mean()
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)]:
         warmup.on_epoch_begin(epoch)
         loss = model.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32))
@@ -231,7 +236,7 @@ def test_dkd_warmup_ramps_the_soft_term(batch):
 
 def test_a_weight_regulariser_enters_the_loss_but_not_the_logged_terms(batch):
     labels, teacher, student = batch
-    params = validate(minimal_params(alpha=0.5))
+    params = distill_params(alpha=0.5)
     plain, regularised = model_for(params), model_for(params, regularizer=keras.regularizers.L2(0.5))
     regularised.set_weights(plain.get_weights())
     regularised(tf.zeros((1, 3)))  # the regularisation losses are collected by a call

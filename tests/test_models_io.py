@@ -2,11 +2,15 @@ import keras
 import numpy as np
 import pytest
 
-from kdflow.errors import KdflowError
+from conftest import section
+from kdflow.architectures import ArchSpec, build
 from kdflow.artifacts import load_model, save_model
+from kdflow.errors import KdflowError
 from kdflow.io import atomic_path
-from kdflow.models import build_model
-from kdflow.params import ArchSpec, ModelParams
+
+
+def ModelParams(**values):  # noqa: N802 - a `student` section
+    return section("student", **values)
 
 
 @pytest.mark.parametrize(
@@ -21,7 +25,7 @@ from kdflow.params import ArchSpec, ModelParams
     ],
 )
 def test_presets_match_the_reference_models(arch, input_shape, params):
-    model = build_model(ModelParams(arch=arch), input_shape, 10, name="m")
+    model = build(ModelParams(arch=arch), input_shape, 10, name="m")
     assert model.count_params() == params
     assert model.output_shape == (None, 10)
     # logits, not probabilities: no softmax in the model
@@ -31,14 +35,14 @@ def test_presets_match_the_reference_models(arch, input_shape, params):
 
 def test_spec_form_with_batch_norm_and_dropout_follows_the_data_shape():
     spec = ArchSpec(conv_filters=[4, 8], batch_norm=True, dense_units=[16], dropout=0.5)
-    model = build_model(ModelParams(arch="spec", spec=spec), (12, 12, 3), 7, name="m")
+    model = build(ModelParams(arch="spec", spec=spec.model_dump()), (12, 12, 3), 7, name="m")
     names = [layer.name for layer in model.layers]
     assert {"bn0", "bn1", "dropout0"} <= set(names)
     assert model.input_shape == (None, 12, 12, 3) and model.output_shape == (None, 7)
 
 
 def test_saved_model_is_byte_reproducible_and_loads_without_custom_objects(in_tmp):
-    model = build_model(ModelParams(arch="repo_student"), (6, 6, 1), 3, name="m")
+    model = build(ModelParams(arch="repo_student"), (6, 6, 1), 3, name="m")
     model.compile(optimizer="adam", loss=lambda y, p: keras.ops.mean(p))  # a custom loss must not leak
     save_model("a.keras", model)
     save_model("b.keras", model)

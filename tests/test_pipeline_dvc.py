@@ -3,13 +3,12 @@ one `dvc repro` is the `pipeline_repo` fixture (conftest); tests that change it 
 
 import json
 import sys
-import time
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import ALL_STAGES, copy_repo, sh, stages_run, stages_skipped
+from conftest import ALL_STAGES, copy_repo, sh, sh_together, stages_run, stages_skipped
 
 pytestmark = pytest.mark.e2e
 
@@ -26,38 +25,50 @@ def tracked_bytes(repo):
     return {str(p.relative_to(repo)): p.read_bytes() for p in files if p.is_file()}
 
 
-def test_forced_rerun_is_identical_and_an_alpha_experiment_reruns_only_what_depends_on_it(pipeline_repo, tmp_path):
-    repo = copy_repo(pipeline_repo, tmp_path)
+@pytest.fixture(scope="module")
+def reruns(pipeline_repo, tmp_path_factory):
+    """Two copies of the baseline, side by side: `dvc repro --force` in one (with its tracked
+    files before), `dvc exp run -S alpha=0.2` in the other (the search test queues the same
+    recipe and compares). Returns {"forced": (repo, before, output), "alpha": (repo, output)}."""
+    forced = copy_repo(pipeline_repo, tmp_path_factory.mktemp("forced"))
+    alpha = copy_repo(pipeline_repo, tmp_path_factory.mktemp("alpha"))
+    assert yaml.safe_load((alpha / "params.yaml").read_text())["alpha"] != 0.2
+    before = tracked_bytes(forced)
+    forced_run, alpha_run = sh_together((["dvc", "repro", "--force"], forced, None),
+                                        (["dvc", "exp", "run", "-S", "alpha=0.2"], alpha, None))
+    return {"forced": (forced, before, forced_run.stdout), "alpha": (alpha, alpha_run.stdout + alpha_run.stderr)}
+
+
+def test_forced_rerun_is_identical(reruns):
+    repo, baseline, output = reruns["forced"]
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluate["kd_gain"]["pairs"] == 2
-    for name, (better, baseline) in {"kd_gain": ("student_distilled", "student_scratch"),
-                                     "augment_gain": ("student_scratch", "student_plain"),
-                                     "combined_gain": ("student_distilled", "student_plain")}.items():
+    for name, (better, baseline_role) in {"kd_gain": ("student_distilled", "student_scratch"),
+                                          "augment_gain": ("student_scratch", "student_plain"),
+                                          "combined_gain": ("student_distilled", "student_plain")}.items():
         assert evaluate[name]["mean"] == pytest.approx(
-            evaluate[better]["accuracy_mean"] - evaluate[baseline]["accuracy_mean"], abs=1e-5), name
+            evaluate[better]["accuracy_mean"] - evaluate[baseline_role]["accuracy_mean"], abs=1e-5), name
     assert sorted(p.name for p in (repo / "models/student_distilled_repeats").iterdir()) == \
         ["repeat_0.keras", "repeat_1.keras"]
 
-    # Reproducibility: rerunning every stage rewrites dvc.lock, metrics, curves and report byte for byte
-    # (no wall-clock number is in any DVC output).
-    baseline = tracked_bytes(repo)
+    # Reproducibility: rerunning every stage rewrote dvc.lock, metrics, curves and report byte for
+    # byte (no wall-clock number is in any DVC output).
     assert len([name for name in baseline if name.endswith(".tsv")]) >= 3 * 6
-    forced = sh(["dvc", "repro", "--force"], repo)
-    assert stages_run(forced.stdout) == ALL_STAGES
+    assert stages_run(output) == ALL_STAGES
     assert tracked_bytes(repo) == baseline
     assert sh(["git", "status", "--porcelain"], repo).stdout == ""
     assert (repo / "timings/evaluate.json").is_file() and (repo / "timings/export.json").is_file()
 
-    committed_alpha = yaml.safe_load((repo / "params.yaml").read_text())["alpha"]
-    assert committed_alpha != 0.9
-    exp = sh(["dvc", "exp", "run", "-S", "alpha=0.9"], repo)
-    output = exp.stdout + exp.stderr
+
+def test_an_alpha_experiment_reruns_only_what_depends_on_it(reruns, pipeline_repo):
+    repo, output = reruns["alpha"]
     assert stages_run(output) == ALPHA_STAGES
     assert stages_skipped(output) == UPSTREAM
 
+    committed_alpha = yaml.safe_load((pipeline_repo / "params.yaml").read_text())["alpha"]
     params_diff = json.loads(sh(["dvc", "params", "diff", "--json"], repo).stdout)
     assert set(params_diff["params.yaml"]) == {"alpha"}
-    assert (params_diff["params.yaml"]["alpha"]["old"], params_diff["params.yaml"]["alpha"]["new"]) == (committed_alpha, 0.9)
+    assert (params_diff["params.yaml"]["alpha"]["old"], params_diff["params.yaml"]["alpha"]["new"]) == (committed_alpha, 0.2)
     diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], repo).stdout)
     changed = {(path, key) for path, keys in diff.items() for key in keys}
     assert ("metrics/evaluate.json", "student_distilled.loss_mean") in changed
@@ -67,8 +78,31 @@ def test_forced_rerun_is_identical_and_an_alpha_experiment_reruns_only_what_depe
 
     experiments = [rev for baseline in json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
                    for exp in (baseline.get("experiments") or []) for rev in exp["revs"]]
-    assert [rev["data"]["params"]["params.yaml"]["data"]["alpha"] for rev in experiments] == [0.9]
+    assert [rev["data"]["params"]["params.yaml"]["data"]["alpha"] for rev in experiments] == [0.2]
     assert "ece_mean" in experiments[0]["data"]["metrics"]["metrics/evaluate.json"]["data"]["student_distilled"]
+
+
+# A code change reruns only the stages whose outputs it can change (docs/extending.md has the table).
+EDITS = {
+    "kdflow/losses.py": {"distill", "evaluate"},           # a KD loss: never the teacher or the scratch students
+    "kdflow/distillation.py": {"distill"},
+    "kdflow/report.py": {"evaluate"},
+    "kdflow/evaluation.py": {"evaluate"},                   # a metric: never a training stage
+    "kdflow/views.py": {"soft_targets", "distill", "train_scratch", "evaluate"},
+    "kdflow/search.py": set(),                              # the tools: nothing
+    "kdflow/selection.py": set(),
+}
+
+
+def test_a_code_change_leaves_up_to_date_every_stage_it_cannot_affect(pipeline_repo, tmp_path):
+    repo = copy_repo(pipeline_repo, tmp_path)
+    for path, stale in EDITS.items():
+        original = (repo / path).read_text()
+        (repo / path).write_text(original + "\n# an edit\n")
+        status = json.loads(sh(["dvc", "status", "--json"], repo).stdout)
+        assert set(status) == stale, path
+        (repo / path).write_text(original)
+    assert json.loads(sh(["dvc", "status", "--json"], repo).stdout) == {}
 
 
 def test_plots_report_and_evaluation_metrics(pipeline_repo, tmp_path):
@@ -136,11 +170,11 @@ def student_val(rev: dict) -> dict[str, list[float]]:
                    if k.startswith("repeat_")] for role, stage in (("distilled", "distill"), ("scratch", "train_scratch"))}
 
 
-def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_resumes(pipeline_repo, tmp_path):
+def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_resumes(pipeline_repo, reruns, tmp_path):
     from scipy import stats
 
     repo = copy_repo(pipeline_repo, tmp_path)
-    search = [sys.executable, "-m", "kdflow.search", "-j", "2"]
+    search = [sys.executable, "-m", "kdflow.search", "-j", "2"]  # the same command as `kdflow search`
     first = sh([*search, "-S", "alpha=0.2"], repo).stdout
     assert "2 recipes, 0 already finished or queued, 2 to run" in first  # alpha=0.2 and alpha=1 (always)
     # A larger grid later: the finished recipes are not run again.
@@ -181,9 +215,8 @@ def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_re
     assert f"search: applied {ranked[0]}" in second
 
     # Two at a time did not clobber anything: a queued result equals the same experiment run
-    # alone in the workspace, bit for bit.
-    sh(["dvc", "exp", "run", "-S", "alpha=0.2"], repo)
-    alone = json.loads((repo / "metrics/evaluate.json").read_text())
+    # alone in a workspace, bit for bit.
+    alone = json.loads((reruns["alpha"][0] / "metrics/evaluate.json").read_text())
     queued = revs[by_alpha[0.2]]["data"]["metrics"]["metrics/evaluate.json"]["data"]
     assert without_nulls(alone) == without_nulls(queued)  # `exp show` leaves nulls out
 

@@ -9,8 +9,8 @@ import pytest
 from dvc.utils.hydra import apply_overrides
 
 from conftest import ROOT
-from kdflow.architectures import PRESETS
-from kdflow.params import load_params
+from kdflow.architectures import PRESETS, resolve
+from kdflow.extensions import load_all
 
 
 def apply(tmp_path, name):
@@ -18,15 +18,15 @@ def apply(tmp_path, name):
     shutil.copy(ROOT / "params.yaml", params_file)
     overrides = (ROOT / "configs" / name).read_text().split()
     apply_overrides(str(params_file), overrides)
-    return load_params(params_file)
+    return load_all(params_file)
 
 
 def test_reference_repo_setting(tmp_path):
     p = apply(tmp_path, "reference_repo_fashion_mnist.txt")
     assert p.data.name == "fashion_mnist"
     assert not p.train_teacher.augment.enabled  # the reference trained its teacher without augmentation
-    assert p.teacher.resolved_spec() == PRESETS["repo_teacher"]
-    assert p.student.resolved_spec() == PRESETS["repo_student"]
+    assert resolve(p.teacher)[1] == PRESETS["repo_teacher"].knobs
+    assert resolve(p.student)[1] == PRESETS["repo_student"].knobs
     assert (p.alpha, p.temperature) == (0.9, 2)
     assert (p.train_teacher.batch_size, p.train_teacher.epochs, p.train_teacher.lr_floor) == (256, 50, 0.01)
     assert (p.train_student.lr_floor, p.train_student.amsgrad, p.train_student.patience) == (0.1, True, 5)
@@ -36,8 +36,8 @@ def test_reference_notebook_setting(tmp_path):
     p = apply(tmp_path, "reference_notebook_cifar10.txt")
     assert p.data.name == "cifar10"
     assert not p.train_teacher.augment.enabled  # the reference trained its teacher without augmentation
-    assert p.teacher.resolved_spec() == PRESETS["notebook_teacher"]
-    assert p.student.resolved_spec() == PRESETS["notebook_student"]
+    assert resolve(p.teacher)[1] == PRESETS["notebook_teacher"].knobs
+    assert resolve(p.student)[1] == PRESETS["notebook_student"].knobs
     assert (p.alpha, p.temperature) == (0.1, 10)
     for train in (p.train_teacher, p.train_student):
         # plain Adam at a constant rate, 5 epochs, batch 64, no early stopping

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import minimal_params
-from kdflow.data import load_prepared, prepare
+from conftest import section, validated
+from kdflow.data import load_prepared
 from kdflow.errors import KdflowError
-from kdflow.params import DataParams, ModelParams, Params
 from kdflow.sources import load
+from kdflow.splits import prepare
+
+
+def DataParams(**values):  # noqa: N802 - the `data` section, as prepare validates it
+    return section("data", **values)
 
 
 def digits_like(n_per_class=6, labels=("cat", "dog", "eel"), shape=(8, 8), seed=0):
@@ -80,10 +84,10 @@ def test_an_image_folder_streams_through_prepare_a_block_at_a_time(in_tmp, monke
     already at image_size are 8-bit after the (identity) resize: stored as uint8."""
     import tracemalloc
 
-    from kdflow import data, sources
+    from kdflow import sources, splits
 
     monkeypatch.setattr(sources, "IMAGE_BLOCK", 32)
-    monkeypatch.setattr(data, "BLOCK_BYTES", 2**16)
+    monkeypatch.setattr(splits, "BLOCK_BYTES", 2**16)
     write_image_dir(in_tmp / "imgs", n=200, size=(24, 24))  # 600 images, 4 MiB as float32
     cfg = DataParams(name="image_dir", path=str(in_tmp / "imgs"), image_size=[24, 24])
     whole = 600 * 24 * 24 * 3 * 4
@@ -163,6 +167,8 @@ def test_image_dir_rejections(in_tmp):
 def test_file_sources_need_a_path():
     with pytest.raises(Exception, match="name 'npz' reads data.path"):
         DataParams(name="npz")
+    with pytest.raises(Exception, match="name 'image_dir' reads data.path: set it to your image folder"):
+        DataParams(name="image_dir")
 
 
 def small_prepared(in_tmp):
@@ -181,18 +187,18 @@ def user_teacher(input_shape, classes, lambda_layer=False):
     return keras.Model(inputs, outputs)
 
 
-def teacher_params(path, **extra):
-    return Params.model_validate(minimal_params(teacher={"source": "file", "path": str(path), "arch": "repo_teacher",
-                                                         **extra}))
+def import_teacher(path, data, **extra):
+    from kdflow import teacher
+
+    params = validated(teacher={"source": "file", "path": str(path), "arch": "repo_teacher", **extra})
+    return teacher.import_file(params.teacher, params.seed, data)
 
 
 def test_user_teacher_file_is_checked_and_made_a_logits_model(in_tmp):
-    from kdflow import recipes
-
     data = small_prepared(in_tmp)
     keras.utils.set_random_seed(0)  # the same untrained teacher whatever ran before (near-tied logits)
     user_teacher((8, 8, 1), 3).save(in_tmp / "t.keras")
-    model, summary = recipes.import_teacher(teacher_params(in_tmp / "t.keras"), data)
+    model, summary = import_teacher(in_tmp / "t.keras", data)
     assert model.layers[-1].activation is keras.activations.linear  # softmax removed: logits
     x_val, y_val = data.xy("val")
     assert summary["val_accuracy"] == pytest.approx(np.mean(np.argmax(model.predict(x_val, verbose=0), 1) == y_val))
@@ -200,38 +206,36 @@ def test_user_teacher_file_is_checked_and_made_a_logits_model(in_tmp):
 
     user_teacher((8, 8, 1), 4).save(in_tmp / "four.keras")
     with pytest.raises(KdflowError, match=r"outputs shape \(4,\), but the prepared data has 3 classes"):
-        recipes.import_teacher(teacher_params(in_tmp / "four.keras"), data)
+        import_teacher(in_tmp / "four.keras", data)
     user_teacher((9, 9, 1), 3).save(in_tmp / "shape.keras")
     with pytest.raises(KdflowError, match=r"input shape \(9, 9, 1\) does not match the prepared data \(8, 8, 1\)"):
-        recipes.import_teacher(teacher_params(in_tmp / "shape.keras"), data)
+        import_teacher(in_tmp / "shape.keras", data)
 
 
 def test_teacher_with_code_is_refused_unless_trusted(in_tmp):
-    from kdflow import recipes
-
     data = small_prepared(in_tmp)
     user_teacher((8, 8, 1), 3, lambda_layer=True).save(in_tmp / "code.keras")
     with pytest.raises(KdflowError) as info:
-        recipes.import_teacher(teacher_params(in_tmp / "code.keras"), data)
+        import_teacher(in_tmp / "code.keras", data)
     assert "Lambda layer" in str(info.value) and "teacher.safe_mode: false" in str(info.value)
-    model, _ = recipes.import_teacher(teacher_params(in_tmp / "code.keras", safe_mode=False), data)
+    model, _ = import_teacher(in_tmp / "code.keras", data, safe_mode=False)
     assert model.output_shape == (None, 3)
 
 
 def test_resnet_family_gives_a_teacher_ten_times_the_student():
-    from kdflow.models import build_model
+    from kdflow.architectures import build
 
-    teacher = build_model(ModelParams(arch="resnet20_w2"), (32, 32, 3), 10, "t")
-    student = build_model(ModelParams(arch="notebook_student"), (32, 32, 3), 10, "s")
+    teacher = build(section("student", arch="resnet20_w2"), (32, 32, 3), 10, "t")
+    student = build(section("student", arch="notebook_student"), (32, 32, 3), 10, "s")
     assert teacher.count_params() >= 10 * student.count_params()
-    custom = build_model(ModelParams(arch="resnet", resnet={"base_filters": 4, "blocks_per_stage": [1, 2],
+    custom = build(section("student", arch="resnet", resnet={"base_filters": 4, "blocks_per_stage": [1, 2],
                                                             "width": 0.5}), (16, 16, 1), 5, "r")
     assert custom.output_shape == (None, 5) and custom.get_layer("stage1_block0_proj") is not None
 
 
 def test_augmentation_is_seeded_and_left_out_of_the_saved_model(in_tmp):
-    from kdflow.recipes import with_augmentation
     from kdflow.params import AugmentParams
+    from kdflow.teacher import with_augmentation
 
     base = user_teacher((8, 8, 1), 3)
     augmented = with_augmentation(base, AugmentParams(shift=0.25, crop=2), seed=3)

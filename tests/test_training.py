@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 
-from conftest import make_prepared, minimal_params
-from kdflow import recipes
+from conftest import distilled_students, make_prepared, minimal_params, scratch_students, validated
+from kdflow import teacher as teachers
 from kdflow.errors import KdflowError
+from kdflow.extensions import validate_all
 from kdflow.losses import kd_term
 from kdflow.objective import LABELS, TrainingModel
-from kdflow.params import TrainParams, validate
+from kdflow.params import TrainParams
 from kdflow.training import fit
 
 
@@ -16,13 +17,13 @@ def only(students):
 
 
 def test_students_are_paired_and_training_is_reproducible():
-    params = validate(minimal_params(repeats=1))
+    params = validated(repeats=1)
     data = make_prepared()
     logits = {s: np.random.default_rng(0).normal(size=(len(data.xy(s)[1]), 3)).astype("float32")
               for s in ("train", "val")}
-    scratch_a, summary_a = only(recipes.train_students(params, data))
-    scratch_b, summary_b = only(recipes.train_students(params, data))
-    distilled, summary_d = only(recipes.train_students(params, data, logits))
+    scratch_a, summary_a = only(scratch_students(params, data))
+    scratch_b, summary_b = only(scratch_students(params, data))
+    distilled, summary_d = only(distilled_students(params, data, logits))
     # Same seed => identical weights, bit for bit.
     for wa, wb in zip(scratch_a.get_weights(), scratch_b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
@@ -39,18 +40,33 @@ def test_students_are_paired_and_training_is_reproducible():
 
 
 def test_paired_students_start_from_the_same_weights():
-    params = validate(minimal_params(repeats=2, train_student={"epochs": 1, "learning_rate": 1e-9,
-                                                               "lr_floor": 1.0, "patience": None}))
+    params = validated(repeats=2, train_student={"epochs": 1, "learning_rate": 1e-9, "lr_floor": 1.0, "patience": None})
     data = make_prepared()
     logits = {s: np.zeros((len(data.xy(s)[1]), 3), "float32") for s in ("train", "val")}
-    scratch = [m.get_weights() for m, _ in recipes.train_students(params, data)]
-    distilled = [m.get_weights() for m, _ in recipes.train_students(params, data, logits)]
+    scratch = [m.get_weights() for m, _ in scratch_students(params, data)]
+    distilled = [m.get_weights() for m, _ in distilled_students(params, data, logits)]
     assert len(scratch) == len(distilled) == 2
     for pair_s, pair_d in zip(scratch, distilled):
         for ws, wd in zip(pair_s, pair_d):
             np.testing.assert_allclose(ws, wd, atol=1e-6)  # lr ~ 0: both are still their shared init
     # ...while different repeats start from different weights (seed + i).
     assert not np.allclose(scratch[0][0], scratch[1][0])
+
+
+def test_every_student_handed_out_is_its_own_model():
+    """The repeats train one model in turn; each yielded student is a copy, so keeping them all
+    (list(...)) keeps every repeat's weights, not N views of the last one."""
+    params = validated(repeats=2)
+    data = make_prepared()
+    seen = []
+    for model, _ in scratch_students(params, data):
+        seen.append((model, [w.copy() for w in model.get_weights()]))  # the weights as handed out
+    (first, first_weights), (second, second_weights) = seen
+    assert first is not second
+    for model, weights in seen:  # unchanged by the repeats that trained after it
+        for a, b in zip(model.get_weights(), weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first_weights[0], second_weights[0])
 
 
 def saved_state(checkpoint) -> list:
@@ -67,12 +83,15 @@ def test_a_later_repeat_equals_a_fresh_run_of_its_seed(tmp_path):
     data = make_prepared()
     logits = {s: np.random.default_rng(1).normal(size=(len(data.xy(s)[1]), 3)).astype("float32")
               for s in ("train", "val")}
+    def trained(raw, cache, run_dir):
+        params = validate_all(raw)
+        return (scratch_students(params, data, run_dir=run_dir) if cache is None
+                else distilled_students(params, data, cache, run_dir=run_dir))
+
     for cache in (None, logits):
         two, one = tmp_path / f"two_{cache is None}", tmp_path / f"one_{cache is None}"
-        runs = [(m.get_weights(), summary) for m, summary in recipes.train_students(validate(base), data, cache,
-                                                                                      run_dir=two)]
-        fresh = only(recipes.train_students(validate({**base, "repeats": 1, "seed": base["seed"] + 1}), data, cache,
-                                            run_dir=one))
+        runs = [(m.get_weights(), summary) for m, summary in trained(base, cache, two)]
+        fresh = only(trained({**base, "repeats": 1, "seed": base["seed"] + 1}, cache, one))
         weights, summary = runs[1]
         for a, b in zip(weights, fresh[0].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
@@ -83,10 +102,9 @@ def test_a_later_repeat_equals_a_fresh_run_of_its_seed(tmp_path):
 
 
 def test_teacher_learns_and_early_stopping_restores_the_best_epoch():
-    params = validate(minimal_params(train_teacher={"epochs": 12, "batch_size": 16, "learning_rate": 0.01,
-                                                    "patience": 2}))
+    params = validated(train_teacher={"epochs": 12, "batch_size": 16, "learning_rate": 0.01, "patience": 2})
     data = make_prepared()
-    model, summary = recipes.train_teacher(params, data)
+    model, summary = teachers.train(params.teacher, params.train_teacher, params.seed, data)
     assert summary["val_accuracy"] >= 0.9  # the synthetic task is easy
     assert 1 <= summary["best_epoch"] <= summary["epochs_run"] <= 12
     x, y = data.xy("val")
@@ -97,10 +115,9 @@ def test_teacher_learns_and_early_stopping_restores_the_best_epoch():
 def test_divergence_stops_with_a_clear_error():
     data = make_prepared()
     x, y = data.xy("train")
-    from kdflow.models import build_model
-    from kdflow.params import ModelParams
+    from kdflow import architectures
 
-    network = build_model(ModelParams(arch="repo_student"), data.input_shape, 3, name="m")
+    network = architectures.build(validated().student, data.input_shape, 3, name="m")
 
     class Exploding(TrainingModel):
         def compute_loss(self, *args, **kwargs):
@@ -116,13 +133,13 @@ def test_fitnet_trains_through_a_projection_and_ships_the_plain_student(in_tmp):
     from kdflow import soft_targets
     from kdflow.artifacts import load_model, save_model
 
-    params = validate(minimal_params(repeats=1, distill={"method": "fitnet"},
-                                     fitnet={"teacher_layer": "dense0", "student_layer": "dense0"}))
+    params = validated(repeats=1, distill={"method": "fitnet",
+                                           "fitnet": {"teacher_layer": "dense0", "student_layer": "dense0"}})
     data = make_prepared()
-    teacher, _ = recipes.train_teacher(params, data)
-    cache = soft_targets.compute(teacher, data, feature_layer="dense0")
+    teacher, _ = teachers.train(params.teacher, params.train_teacher, params.seed, data)
+    cache = {**soft_targets.compute(teacher, data), **soft_targets.features(teacher, data, "dense0")}
     assert cache["train_features"].shape == (len(data.xy("train")[1]), 32)  # teacher dense_units [32]
-    student, summary = only(recipes.train_students(params, data, cache))
+    student, summary = only(distilled_students(params, data, cache))
     assert "hint_loss" in summary and "val_hint_loss" in summary
     assert student.output_shape == (None, 3)  # the projection is not part of the student
     save_model("s.keras", student)
@@ -133,13 +150,13 @@ def test_fitnet_bad_layer_names_are_clear_errors():
     from kdflow import soft_targets
 
     data = make_prepared()
-    params = validate(minimal_params(repeats=1, distill={"method": "fitnet"}, fitnet={"student_layer": "nope"}))
-    teacher, _ = recipes.train_teacher(validate(minimal_params(train_teacher={"epochs": 1})), data)
-    with pytest.raises(KdflowError, match=r"fitnet.teacher_layer = 'conv9' is not a teacher layer; it has: .*dense0"):
-        soft_targets.compute(teacher, data, feature_layer="conv9")
-    cache = soft_targets.compute(teacher, data, feature_layer="dense0")
-    with pytest.raises(KdflowError, match=r"fitnet.student_layer = 'nope' is not a student layer"):
-        only(recipes.train_students(params, data, cache))
+    params = validated(repeats=1, distill={"method": "fitnet", "fitnet": {"student_layer": "nope"}})
+    teacher, _ = teachers.train(params.teacher, params.train_teacher.model_copy(update={"epochs": 1}), 0, data)
+    with pytest.raises(KdflowError, match=r"distill.fitnet.teacher_layer = 'conv9' is not a teacher layer; it has: .*dense0"):
+        soft_targets.features(teacher, data, "conv9")
+    cache = {**soft_targets.compute(teacher, data), **soft_targets.features(teacher, data, "dense0")}
+    with pytest.raises(KdflowError, match=r"distill.fitnet.student_layer = 'nope' is not a student layer"):
+        only(distilled_students(params, data, cache))
 
 
 def test_training_images_are_copied_to_tensorflow_once_per_array():

@@ -1,48 +1,110 @@
 """Augmented views: the teacher's cached output is for the very view a student sees, and the
-students of one repeat see the same views."""
+students of one repeat see the same views. The first tests run on every registered view kind."""
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import make_prepared, minimal_params
+from conftest import make_prepared, section
 from kdflow import soft_targets, views
+from kdflow.distillation import TEACHER_LOGITS
 from kdflow.errors import KdflowError
-from kdflow.objective import LABELS, TEACHER_LOGITS
-from kdflow.params import ViewsParams, validate
-from kdflow.recipes import targets, training_views
+from kdflow.objective import LABELS
 from kdflow.training import make_dataset
 
+# Each registered kind with keys that make its views differ from the images: a new kind adds its line.
+KIND_KEYS = {"shift": {"shift": 2}}
 
-def test_the_view_table_is_a_function_of_seed_image_and_view_only():
-    cfg = ViewsParams(count=4, shift=2, flip=True)
+
+def views_cfg(kind: str, **values):
+    return section("views", kind=kind, **{**KIND_KEYS[kind], **values})
+
+
+def test_every_view_kind_is_tested_here():
+    assert set(KIND_KEYS) == set(views.VIEW_KINDS.names())
+
+
+@pytest.mark.parametrize("kind", KIND_KEYS)
+def test_the_view_table_is_a_function_of_seed_image_and_view_only(kind):
+    cfg = views_cfg(kind, count=4, flip=True)
     small, large = views.table(5, 10, cfg, (8, 8)), views.table(5, 30, cfg, (8, 8))
     np.testing.assert_array_equal(small, large[:10])  # row i does not depend on how many images
-    assert small.shape == (10, 4, 3) and np.abs(small[..., :2]).max() <= 2 and set(np.unique(small[..., 2])) == {0, 1}
+    assert small.dtype == np.int32 and small.shape[:2] == (10, 4)
     assert not np.array_equal(small, views.table(6, 10, cfg, (8, 8)))
-    assert not views.table(5, 10, ViewsParams(count=4, shift=2), (8, 8))[..., 2].any()  # flip off: never flipped
-    with pytest.raises(KdflowError, match=r"views.shift = 4: must be less than half the image size \(8x8\)"):
-        views.table(5, 10, ViewsParams(shift=4), (8, 8))
 
 
-def test_a_view_is_the_shifted_and_flipped_image_with_zero_fill():
+def identity_teacher(shape):
+    """A "teacher" whose outputs are the pixels of the image it is given: its cached outputs are
+    the views it saw, exactly (a reshape, no arithmetic), whatever the batch."""
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, keras.layers.Flatten()(inputs))
+
+
+@pytest.mark.parametrize("kind", KIND_KEYS)
+def test_the_student_sees_the_view_the_teacher_saw_with_its_cached_output(kind):
+    data = make_prepared(n_per_class=12, shape=(8, 8, 1))
+    train_views = views.for_training(3, len(data.xy("train")[1]), views_cfg(kind, count=4, flip=True), data.input_shape)
+    cache = soft_targets.compute(identity_teacher(data.input_shape), data, train_views)
+    (x, y), n = data.xy("train"), len(data.xy("train")[1])
+    assert cache["train"].shape == (n, 4, 64) and cache["val"].shape == (len(data.xy("val")[1]), 64)
+    changed = 0
+    for images, batch in make_dataset(x, {LABELS: y, TEACHER_LOGITS: cache["train"]}, 10, seed=3, epochs=range(3),
+                                      views=train_views):
+        # the output delivered with each sample is the teacher's on exactly the image delivered
+        np.testing.assert_array_equal(images.numpy().reshape(len(images), -1), batch[TEACHER_LOGITS].numpy())
+        changed += sum(not any(np.array_equal(image, original) for original in x) for image in images.numpy())
+    assert changed > n  # over 3 epochs (3n samples), most were augmented views, not the stored images
+
+
+@pytest.mark.parametrize("kind", KIND_KEYS)
+def test_paired_students_see_identical_view_sequences(kind):
+    data = make_prepared(n_per_class=12, shape=(8, 8, 1))
+    x, y = data.xy("train")
+    train_views = views.for_training(3, len(y), views_cfg(kind, count=4), data.input_shape)
+    cache = np.zeros((len(y), 4, 3), np.float32)
+
+    def images(seed, with_teacher):
+        t = {LABELS: y, TEACHER_LOGITS: cache} if with_teacher else {LABELS: y}
+        return [b[0].numpy() for b in make_dataset(x, t, 10, seed=seed, epochs=range(3), views=train_views)]
+
+    scratch, distilled = images(11, False), images(11, True)
+    for a, b in zip(scratch, distilled, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(scratch, images(12, False)))  # another repeat differs
+    # the view of a sample in an epoch is views.choice(seed, epoch)[i]: a pure function
+    np.testing.assert_array_equal(views.choice(11, 2, 50, 4).numpy()[:len(y)], views.choice(11, 2, len(y), 4).numpy())
+
+
+# ---- shift -------------------------------------------------------------------------------------
+
+def test_a_shift_view_is_the_shifted_and_flipped_image_with_zero_fill():
     rng = np.random.default_rng(0)
     x = rng.random((6, 7, 5, 2), dtype=np.float32)
-    params = np.array([[0, 0, 0], [2, -1, 0], [-2, 2, 1], [1, 0, 1], [0, -2, 0], [-1, -1, 1]], np.int32)
+    rows = np.array([[0, 0, 0], [2, -1, 0], [-2, 2, 1], [1, 0, 1], [0, -2, 0], [-1, -1, 1]], np.int32)
 
     def reference(image, dy, dx, flip):
         image = image[:, ::-1] if flip else image
         padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
         return padded[2 - dy:2 - dy + 7, 2 - dx:2 - dx + 5]
 
-    out = views.apply(x, params, max_shift=2).numpy()
+    out = views.Views(rows[:, None], views_cfg("shift", count=1)).apply(x, rows).numpy()
     for i in range(len(x)):
-        np.testing.assert_array_equal(out[i], reference(x[i], *params[i]))
+        np.testing.assert_array_equal(out[i], reference(x[i], *rows[i]))
 
+
+def test_shift_tables_stay_in_range_and_flip_only_when_asked():
+    cfg = views_cfg("shift", count=4, shift=2, flip=True)
+    table = views.table(5, 10, cfg, (8, 8))
+    assert table.shape == (10, 4, 3) and np.abs(table[..., :2]).max() <= 2 and set(np.unique(table[..., 2])) == {0, 1}
+    assert not views.table(5, 10, views_cfg("shift", count=4), (8, 8))[..., 2].any()  # flip off: never flipped
+    with pytest.raises(KdflowError, match=r"views.shift = 4: must be less than half the image size \(8x8\)"):
+        views.table(5, 10, views_cfg("shift", shift=4), (8, 8))
+
+
+# ---- the cache ------------------------------------------------------------------------------------
 
 def exact_teacher(shape, classes):
-    """A linear teacher with small integer weights: on 0/1 images its logits are exact integers
-    whatever the batch, so a view and its cached logits can be matched bit for bit."""
+    """A linear teacher with small integer weights: on 0/1 images its logits are exact integers."""
     inputs = keras.Input(shape)
     model = keras.Model(inputs, keras.layers.Dense(classes)(keras.layers.Flatten()(inputs)))
     rng = np.random.default_rng(1)
@@ -57,56 +119,22 @@ def binary_data():
     return data
 
 
-def test_the_student_sees_the_view_the_teacher_saw_with_its_cached_output():
-    data = binary_data()
-    params = validate(minimal_params(views={"count": 4, "shift": 2, "flip": True}))
-    train_views = training_views(params, data)
-    teacher = exact_teacher(data.input_shape, data.num_classes)
-    cache = soft_targets.compute(teacher, data, views=train_views)
-    n = len(data.xy("train")[1])
-    assert cache["train"].shape == (n, 4, 3) and cache["val"].shape == (len(data.xy("val")[1]), 3)
-    x = data.xy("train")[0]
-    changed = 0
-    for images, batch in make_dataset(x, targets(data, "train", cache), 10, seed=3, epochs=range(3),
-                                      views=train_views):
-        # the logits delivered with each sample are the teacher's on exactly the image delivered
-        np.testing.assert_array_equal(teacher(images).numpy(), batch[TEACHER_LOGITS].numpy())
-        changed += sum(not any(np.array_equal(image, original) for original in x) for image in images.numpy())
-    assert changed > n  # over 3 epochs (3n samples), most were augmented views, not the stored images
-
-
-def test_paired_students_see_identical_view_sequences():
-    data = binary_data()
-    params = validate(minimal_params(views={"count": 4, "shift": 2}))
-    train_views = training_views(params, data)
-    x, y = data.xy("train")
-    cache = {"train": np.zeros((len(y), 4, 3), np.float32)}
-
-    def images(seed, with_teacher):
-        t = {LABELS: y, TEACHER_LOGITS: cache["train"]} if with_teacher else {LABELS: y}
-        return [b[0].numpy() for b in make_dataset(x, t, 10, seed=seed, epochs=range(3), views=train_views)]
-
-    scratch, distilled = images(11, False), images(11, True)
-    for a, b in zip(scratch, distilled, strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(scratch, images(12, False)))  # another repeat differs
-    # the view of a sample in an epoch is views.choice(seed, epoch)[i]: a pure function
-    np.testing.assert_array_equal(views.choice(11, 2, 50, 4).numpy()[:len(y)], views.choice(11, 2, len(y), 4).numpy())
+def drawn(data, **values):
+    return views.for_training(7, len(data.xy("train")[1]), section("views", **values), data.input_shape)
 
 
 def test_a_cache_of_other_views_is_refused(tmp_path):
     data = binary_data()
     teacher = exact_teacher(data.input_shape, data.num_classes)
-    drawn = training_views(validate(minimal_params(views={"count": 4, "shift": 1})), data)
+    cached = drawn(data, count=4, shift=1)
     path = tmp_path / "soft_targets"
-    soft_targets.save(soft_targets.compute(teacher, data, views=drawn), data, path)
-    assert soft_targets.load(data, drawn, path=path)["train"].shape[1] == 4
+    soft_targets.save(soft_targets.compute(teacher, data, cached), data, path)
+    assert soft_targets.load(data, cached, path=path)["train"].shape[1] == 4
     for other in ({"count": 4, "shift": 2}, {"count": 3, "shift": 1}):
         with pytest.raises(KdflowError, match="computed for other views .*rerun `dvc repro soft_targets`"):
-            soft_targets.load(data, training_views(validate(minimal_params(views=other)), data), path=path)
+            soft_targets.load(data, drawn(data, **other), path=path)
     with pytest.raises(KdflowError, match=r"train logits have shape \(\d+, 4, 3\), expected \(\d+, 3\)"):
         soft_targets.load(data, None, path=path)  # views.count: 0 with a cache of views
-
 
 
 def test_a_top_k_cache_keeps_the_top_probabilities_and_spreads_the_rest(tmp_path):
@@ -128,12 +156,12 @@ def test_a_top_k_cache_keeps_the_top_probabilities_and_spreads_the_rest(tmp_path
 
     # through the stage's compute / save / load: stored as the top k, read back as full logits
     data = binary_data()
-    drawn = training_views(validate(minimal_params(views={"count": 4, "shift": 1, "top_k": 2})), data)
+    cached = drawn(data, count=4, shift=1, top_k=2)
     teacher = exact_teacher(data.input_shape, data.num_classes)
-    cache = soft_targets.compute(teacher, data, views=drawn, top_k=2)
+    cache = soft_targets.compute(teacher, data, cached, top_k=2)
     assert "train" not in cache and cache["train_top_values"].shape[-1] == 2
     soft_targets.save(cache, data, tmp_path / "soft_targets")
-    loaded = soft_targets.load(data, drawn, path=tmp_path / "soft_targets")["train"]
-    full = soft_targets.compute(teacher, data, views=drawn)["train"]
+    loaded = soft_targets.load(data, cached, path=tmp_path / "soft_targets")["train"]
+    full = soft_targets.compute(teacher, data, cached)["train"]
     assert loaded.shape == full.shape
     np.testing.assert_array_equal(loaded.argmax(-1), full.argmax(-1))
