@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kdflow.errors import KdflowError
 from kdflow.params import StrictSection, ViewsParams, flat_section
@@ -144,6 +144,69 @@ def _shift_identity(cfg) -> str | None:
     return None
 
 
+# ---- crop: random-resized crops (and flips), as FKD stores them ------------------------------------
+
+class CropKnobs(StrictSection):
+    """A random-resized crop (Szegedy et al. 2015's Inception crop, torchvision's default): a box
+    of `scale` of the image's area and aspect ratio (width / height) in `ratio`, resized back to
+    the image size (bilinear)."""
+
+    scale: list[float] = Field(default_factory=lambda: [0.08, 1.0])  # [min, max] area fraction
+    ratio: list[float] = Field(default_factory=lambda: [0.75, 4 / 3])  # [min, max] width / height
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "CropKnobs":
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale = {self.scale}: must be [min, max] with 0 < min <= max <= 1")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio = {self.ratio}: must be [min, max] with 0 < min <= max")
+        return self
+
+
+Y0, X0, HEIGHT, WIDTH, CROP_FLIP = range(5)  # the columns of a crop view: its box in pixels, the flip
+
+
+def draw_crops(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> np.ndarray:
+    """(y0, x0, h, w, flip) of every view: the area and the log aspect ratio uniform in their
+    ranges, h and w rounded to whole pixels and clipped to the image, the box placed uniformly."""
+    height, width = image_shape[:2]
+    if min(height, width) < 2:
+        raise KdflowError(f"views.kind = crop: needs images of at least 2x2 pixels (got {height}x{width})")
+    shape = (count_images, cfg.count)
+    # float64 arithmetic on the drawn numbers: every machine rounds the same boxes
+    u = uniform(seed, _TABLE_STREAM, (*shape, 4), 0.0, 1.0, dtype="float32").astype(np.float64)
+    area = height * width * (cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u[..., 0])
+    log_low, log_high = np.log(cfg.ratio[0]), np.log(cfg.ratio[1])
+    aspect = np.exp(log_low + (log_high - log_low) * u[..., 1])
+    w = np.clip(np.rint(np.sqrt(area * aspect)), 1, width)
+    h = np.clip(np.rint(np.sqrt(area / aspect)), 1, height)
+    y0, x0 = np.floor(u[..., 2] * (height - h + 1)), np.floor(u[..., 3] * (width - w + 1))
+    boxes = np.stack([y0, x0, h, w], axis=-1).astype(np.int32)
+    return np.concatenate([boxes, flips(seed, shape, cfg)], axis=-1)
+
+
+def apply_crops(images, params, cfg):
+    """Each box resized back to the image size with TensorFlow's crop_and_resize (bilinear),
+    mirrored when flipped: every box is computed on its own, so a view's pixels do not depend
+    on the batch it is in."""
+    import tensorflow as tf
+
+    height, width = images.shape[1], images.shape[2]
+    y0, x0, h, w, flip = (tf.cast(params[:, i], tf.float32) for i in (Y0, X0, HEIGHT, WIDTH, CROP_FLIP))
+    top, bottom = y0 / (height - 1), (y0 + h - 1) / (height - 1)
+    left, right = x0 / (width - 1), (x0 + w - 1) / (width - 1)
+    # crop_and_resize samples a box from right to left when its x1 > x2: the mirrored crop
+    left, right = tf.where(flip == 1, right, left), tf.where(flip == 1, left, right)
+    boxes = tf.stack([top, left, bottom, right], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), (height, width))
+
+
+def _crop_identity(cfg) -> str | None:
+    if cfg.scale == [1.0, 1.0] and cfg.ratio[0] == cfg.ratio[1] and not cfg.flip:
+        return "scale [1, 1], one ratio and no flip: every view would be the same crop; widen views.scale or views.ratio"
+    return None
+
+
 # ---- the registry -------------------------------------------------------------------------------------
 
 def _compose(kinds: Registry[ViewKind]) -> dict[str, type]:
@@ -158,6 +221,7 @@ def _compose(kinds: Registry[ViewKind]) -> dict[str, type]:
 
 VIEW_KINDS: Registry[ViewKind] = Registry("view kind", "views.kind", _compose)
 VIEW_KINDS.add(ViewKind("shift", draw_shifts, apply_shifts, ShiftKnobs, _shift_identity))
+VIEW_KINDS.add(ViewKind("crop", draw_crops, apply_crops, CropKnobs, _crop_identity))
 
 
 def knobs(cfg) -> dict[str, Any]:

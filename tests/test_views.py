@@ -1,6 +1,8 @@
 """Augmented views: the teacher's cached output is for the very view a student sees, and the
 students of one repeat see the same views. The first tests run on every registered view kind."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -9,11 +11,12 @@ from conftest import make_prepared, section
 from kdflow import soft_targets, views
 from kdflow.distillation import TEACHER_LOGITS
 from kdflow.errors import KdflowError
+from kdflow.extensions import validate_all
 from kdflow.objective import LABELS
 from kdflow.training import make_dataset
 
 # Each registered kind with keys that make its views differ from the images: a new kind adds its line.
-KIND_KEYS = {"shift": {"shift": 2}}
+KIND_KEYS = {"shift": {"shift": 2}, "crop": {"scale": [0.25, 1.0]}}
 
 
 def views_cfg(kind: str, **values):
@@ -99,6 +102,60 @@ def test_shift_tables_stay_in_range_and_flip_only_when_asked():
     assert not views.table(5, 10, views_cfg("shift", count=4), (8, 8))[..., 2].any()  # flip off: never flipped
     with pytest.raises(KdflowError, match=r"views.shift = 4: must be less than half the image size \(8x8\)"):
         views.table(5, 10, views_cfg("shift", shift=4), (8, 8))
+
+
+# ---- crop ---------------------------------------------------------------------------------------
+
+def test_crop_boxes_have_the_asked_area_and_aspect_and_stay_in_the_image():
+    cfg = views_cfg("crop", count=8, scale=[0.2, 0.6], ratio=[0.5, 2.0], flip=True)
+    table = views.table(1, 200, cfg, (40, 48)).reshape(-1, 5)
+    y0, x0, h, w, flip = table.T
+    assert (y0 >= 0).all() and (x0 >= 0).all() and (y0 + h <= 40).all() and (x0 + w <= 48).all()
+    assert (h >= 1).all() and (w >= 1).all() and set(np.unique(flip)) == {0, 1}
+    # rounding to whole pixels moves the area and the aspect a little; clipping to the image only shrinks
+    area = h * w / (40 * 48)
+    assert 0.2 * 0.85 <= area.min() and area.max() <= 0.6 * 1.15 and area.max() - area.min() > 0.3
+    aspect = w / h
+    assert 0.5 * 0.85 <= aspect.min() and aspect.max() <= 2.0 * 1.15
+    assert not views.table(1, 10, views_cfg("crop", count=4), (8, 8))[..., 4].any()  # flip off: never flipped
+
+
+def reference_crop(image, y0, x0, h, w, flip):
+    """Bilinear resampling of the box to the image size, as TensorFlow documents crop_and_resize:
+    output pixel (i, j) samples the input at y0 + i (h - 1) / (H - 1), x0 + j (w - 1) / (W - 1)."""
+    height, width = image.shape[:2]
+    ys = y0 + np.arange(height) * (h - 1) / (height - 1)
+    xs = x0 + np.arange(width) * (w - 1) / (width - 1)
+    xs = xs[::-1] if flip else xs
+
+    def lerp(a, positions, axis):
+        low = np.floor(positions).astype(int)
+        high = np.minimum(low + 1, a.shape[axis] - 1)
+        frac = (positions - low).reshape([-1 if d == axis else 1 for d in range(a.ndim)])
+        return np.take(a, low, axis) * (1 - frac) + np.take(a, high, axis) * frac
+
+    return lerp(lerp(image.astype(np.float64), ys, 0), xs, 1)
+
+
+def test_a_crop_view_is_the_box_resized_back_and_mirrored_when_flipped():
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 9, 7, 2), dtype=np.float32)
+    rows = np.array([[0, 0, 9, 7, 0], [2, 1, 5, 4, 0], [3, 2, 6, 5, 1], [4, 6, 1, 1, 1]], np.int32)
+    out = views.Views(rows[:, None], views_cfg("crop", count=1)).apply(x, rows).numpy()
+    for i in range(len(x)):
+        np.testing.assert_allclose(out[i], reference_crop(x[i], *rows[i]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[0], x[0])  # the whole image, unflipped: the image itself
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"scale": [0.5, 0.2]}, "views: scale = [0.5, 0.2]: must be [min, max] with 0 < min <= max <= 1"),
+    ({"scale": [0.1, 1.5]}, "views: scale = [0.1, 1.5]"),
+    ({"ratio": [0.0, 1.0]}, "views: ratio = [0.0, 1.0]: must be [min, max] with 0 < min <= max"),
+    ({"scale": [1.0, 1.0], "ratio": [1.0, 1.0]}, "every view would be the same crop"),
+])
+def test_bad_crop_keys_are_one_line(keys, message):
+    with pytest.raises(KdflowError, match=re.escape(message)):
+        validate_all({"views": {"kind": "crop", **keys}})
 
 
 # ---- the cache ------------------------------------------------------------------------------------
