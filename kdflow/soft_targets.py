@@ -75,7 +75,7 @@ def features(teacher, data: Prepared, layer: str, views: Views | None = None,
     try:
         feature = teacher.get_layer(layer).output
     except ValueError:
-        names = ", ".join(layer.name for layer in teacher.layers)
+        names = ", ".join(candidate.name for candidate in teacher.layers)
         raise KdflowError(f"{key} = {layer!r} is not a teacher layer; it has: {names}") from None
     flat = keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature
     found = _run(keras.Model(teacher.inputs, flat), data, views)
@@ -136,7 +136,6 @@ def check_data(data: Prepared, path: Path = SOFT_TARGETS_DIR) -> dict:
 def load(data: Prepared, views: Views | None, path: Path = SOFT_TARGETS_DIR) -> dict[str, np.ndarray]:
     """The cache, checked against the prepared data and against ``views`` (the view table the
     student side derived from the params: it must be the one the teacher saw)."""
-    rerun = RERUN
     stored = set(check_data(data, path).get("keys", ()))
     arrays = _read(path, ("val",))
     if "train" in stored:
@@ -147,12 +146,12 @@ def load(data: Prepared, views: Views | None, path: Path = SOFT_TARGETS_DIR) -> 
     if views is not None:
         cached_table = _read(path, (VIEW_TABLE,))[VIEW_TABLE] if VIEW_TABLE in stored else None
         if cached_table is None or not np.array_equal(cached_table, views.table):
-            raise KdflowError(f"{path} was computed for other views (seed or views.*): {rerun}")
+            raise KdflowError(f"{path} was computed for other views (seed or views.*): {RERUN}")
     for name in SPLITS:
         per_view = (views.count,) if name == "train" and views is not None else ()
         expected = (len(data.xy(name)[1]), *per_view, data.num_classes)
         if arrays[name].shape != expected:
             raise KdflowError(
-                f"{path}: {name} logits have shape {arrays[name].shape}, expected {expected}: {rerun}"
+                f"{path}: {name} logits have shape {arrays[name].shape}, expected {expected}: {RERUN}"
             )
     return arrays
