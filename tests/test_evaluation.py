@@ -158,8 +158,8 @@ def test_the_teacher_check_rule_and_its_line():
     assert line.startswith("teacher val accuracy 0.950 is not clearly above the scratch students' 0.958")
     assert "kdflow search" in line and "teacher.source: file" in line
     assert teacher_check(0.960, [0.958, 0.96, 0.955])["teacher_clearly_better"] is False  # within 1 std
-    # The committed default's numbers: 0.8 points above the scratch students' mean, 1.6 std.
-    assert teacher_warning(teacher_check(0.976, [0.966, 0.962, 0.972, 0.974, 0.964])) is None
+    # a lead of several standard deviations (the committed run: metrics/evaluate.json)
+    assert teacher_warning(teacher_check(0.984, [0.966, 0.962, 0.972, 0.974, 0.964])) is None
 
 
 def test_the_teacher_check_fires_on_a_weak_teacher_and_not_on_a_trained_one(in_tmp):

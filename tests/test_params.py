@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -125,9 +126,17 @@ def test_param_validation_does_not_import_tensorflow():
 
 
 def test_kdflow_command_checks_params_and_names_its_tools(tmp_path):
-    """The console entry point (pyproject.toml) is the same code as `python -m kdflow.cli`."""
-    cli = [sys.executable, "-m", "kdflow.cli"]
-    env = {"PYTHONPATH": str(ROOT), "PATH": ""}
+    """The console entry point declared in pyproject.toml is kdflow.cli's main: the installed
+    command where the package is installed (`pip install -e .`, as CI does), else the module."""
+    import tomllib
+
+    import kdflow.cli
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"kdflow": "kdflow.cli:main"} and callable(kdflow.cli.main)
+    installed = Path(sys.executable).parent / "kdflow"
+    cli = [str(installed)] if installed.exists() else [sys.executable, "-m", "kdflow.cli"]
+    env = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)}
     listed = subprocess.run([*cli, "--help"], capture_output=True, text=True, env=env)
     assert listed.returncode == 0 and all(name in listed.stdout for name in ("check", "search", "rank"))
     ok = subprocess.run([*cli, "check", str(ROOT / "params.yaml")], capture_output=True, text=True, env=env)
