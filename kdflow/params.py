@@ -238,9 +238,9 @@ def params_model(*extensions) -> type[Params]:
     return create_model("Params", __base__=Params, **fields) if fields else Params
 
 
-def describe(error: dict[str, Any], prefix: str = "") -> str:
+def _describe(error: dict[str, Any]) -> str:
     """One pydantic error as one line that names the key."""
-    key = prefix + ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{key}: required key is missing"
@@ -259,7 +259,7 @@ def validate(raw: Any, *extensions, source: str = "params.yaml") -> Params:
     try:
         return params_model(*extensions).model_validate(raw)
     except ValidationError as exc:
-        problems = [describe(e) for e in exc.errors()]
+        problems = [_describe(e) for e in exc.errors()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise KdflowError(f"{source}: {problems[0]}{more}") from None
 

@@ -283,6 +283,26 @@ def test_docs_params_reference_documents_every_key_with_its_default():
     assert documented_defaults((ROOT / "docs/params.md").read_text()) == schema_defaults()
 
 
+def undocumented_entries(methods_md: str, params_md: str) -> list[str]:
+    """Registry entries the docs do not name: a method without a row in docs/methods.md's table,
+    a source, family, preset or view kind that docs/params.md never names in backticks."""
+    from kdflow.architectures import PRESETS
+
+    missing = [f"method {m}" for m in METHODS.names() if f"| `{m}`" not in methods_md]
+    named = set(re.findall(r"`([\w.]+)`", params_md))
+    for registry in REGISTRIES:
+        if registry is not METHODS:
+            missing += [f"{registry.kind} {name}" for name in registry.names() if name not in named]
+    return missing + [f"preset {name}" for name in PRESETS if name not in named]
+
+
+def test_the_docs_name_every_registry_entry():
+    methods_md, params_md = (ROOT / "docs/methods.md").read_text(), (ROOT / "docs/params.md").read_text()
+    assert undocumented_entries(methods_md, params_md) == []
+    assert undocumented_entries(methods_md.replace("| `dist`", "| dist"), params_md.replace("`crop`", "crop")) == \
+        ["method dist", "view kind crop"]
+
+
 def test_a_stale_default_in_the_docs_is_caught():
     text = (ROOT / "docs/params.md").read_text().replace("| `repeats` | `5` |", "| `repeats` | `3` |")
     stale = documented_defaults(text)
