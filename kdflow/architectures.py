@@ -149,7 +149,7 @@ def _compose(families: Registry[Family]) -> dict[str, type]:
     def sections(base: type[ModelParams]) -> type:
         fields = {"arch": (arch, base.model_fields["arch"].default),
                   **{f.name: (Optional[f.section], None) for f in families}}
-        return compose_section(base.__name__, (base,), fields, check, resolved=resolve)
+        return compose_section(base.__name__, (base,), fields, check)
 
     return {"teacher": sections(TeacherParams), "student": sections(ModelParams)}
 

@@ -29,19 +29,18 @@ TEACHER_LOGITS, TEACHER_FEATURES = "teacher_logits", "teacher_features"
 @dataclass(frozen=True)
 class Distillation(Objective):
     """Without a hint the training model outputs the logits; with one, ``[logits, the learned
-    linear projection of the student layer `hint_layer` to the teacher's feature width]`` (the
+    linear projection of the method's student layer to the teacher's feature width]`` (the
     projection exists only while training)."""
 
     alpha: float = 1.0
     method: losses.Method | None = None
     # The soft term's weight, ramped up by `Warmup` for methods that publish a warm-up.
     soft_weight: tf.Variable | None = None
-    hint_layer: str | None = None  # the student layer a FitNets hint guides
-    hint_width: int = 0
+    hint_width: int = 0  # the teacher features' width, for the hint's projection
 
     @property
     def hinted(self) -> bool:
-        return self.method.hint_weight > 0 and self.hint_layer is not None
+        return self.method.hinted
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -70,11 +69,12 @@ class Distillation(Objective):
     def outputs(self, network: keras.Model):
         if not self.hinted:
             return network.outputs[0]
+        layer = self.method.student_layer
         try:
-            hint = network.get_layer(self.hint_layer).output
+            hint = network.get_layer(layer).output
         except ValueError:
-            names = ", ".join(layer.name for layer in network.layers)
-            raise KdflowError(f"distill.fitnet.student_layer = {self.hint_layer!r} is not a student layer; "
+            names = ", ".join(candidate.name for candidate in network.layers)
+            raise KdflowError(f"distill.fitnet.student_layer = {layer!r} is not a student layer; "
                               f"it has: {names}") from None
         if len(hint.shape) > 2:
             hint = keras.layers.Flatten(name="hint_flatten")(hint)
@@ -92,8 +92,7 @@ def objective(alpha: float, temperature: float, cfg, hint_width: int = 0) -> Dis
     weight = None
     if method.warmup_epochs:
         weight = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="soft_term_weight")
-    hint_layer = losses.knobs(cfg).student_layer if method.hint_weight else None
-    return Distillation(alpha=alpha, method=method, soft_weight=weight, hint_layer=hint_layer, hint_width=hint_width)
+    return Distillation(alpha=alpha, method=method, soft_weight=weight, hint_width=hint_width)
 
 
 class Warmup(keras.callbacks.Callback):

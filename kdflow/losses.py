@@ -32,7 +32,15 @@ class Method:
 
     term: SoftTerm
     warmup_epochs: int = 0    # the soft term's weight ramps linearly from 1/warmup to 1
-    hint_weight: float = 0.0  # > 0: add a FitNets feature hint (teacher features needed)
+    # A FitNets feature hint, when hint_weight > 0: the student layer it guides and the teacher
+    # layer whose features it regresses onto (distill runs the teacher to that layer).
+    hint_weight: float = 0.0
+    teacher_layer: str | None = None
+    student_layer: str | None = None
+
+    @property
+    def hinted(self) -> bool:
+        return self.hint_weight > 0
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,6 @@ class KdMethod:
     name: str
     build: Callable[[Any, float], Method]  # (its knobs or None, temperature) -> Method
     section: type[StrictSection] | None = None  # its knobs: distill.<name>
-    needs_teacher_features: bool = False
 
 
 # ---- soft terms: one function per published method --------------------------------------
@@ -184,8 +191,9 @@ METHODS.add(KdMethod("dkd", lambda knobs, t: Method(dkd_term(t, knobs.alpha, kno
 METHODS.add(KdMethod("lskd", lambda knobs, t: Method(lskd_term(t))))
 METHODS.add(KdMethod("dist", lambda knobs, t: Method(dist_term(t, knobs.beta, knobs.gamma)), DistKnobs))
 METHODS.add(KdMethod("mse", lambda knobs, t: Method(mse_term())))
-METHODS.add(KdMethod("fitnet", lambda knobs, t: Method(kd_term(t), hint_weight=knobs.weight), FitnetKnobs,
-                     needs_teacher_features=True))
+METHODS.add(KdMethod("fitnet", lambda knobs, t: Method(kd_term(t), hint_weight=knobs.weight,
+                                                       teacher_layer=knobs.teacher_layer,
+                                                       student_layer=knobs.student_layer), FitnetKnobs))
 
 
 def chosen(cfg) -> KdMethod:

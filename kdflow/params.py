@@ -205,14 +205,13 @@ class Params(StrictSection):
         return raw
 
 
-def compose_section(name: str, bases: tuple[type, ...], fields: dict[str, tuple[Any, Any]],
-                    check=None, **methods) -> type:
+def compose_section(name: str, bases: tuple[type, ...], fields: dict[str, tuple[Any, Any]], check=None) -> type:
     """An extension point's section: ``bases`` (a core section and its entries' sections, whose
     fields it inherits) plus ``fields`` (name -> (type, default)), strict and closed to unknown
-    keys; ``check(self)`` validates the whole (raise ValueError), ``methods`` are added as they are."""
+    keys; ``check(self)`` validates the whole (raise ValueError)."""
     namespace: dict[str, Any] = {"__annotations__": {key: kind for key, (kind, _) in fields.items()},
                                  **{key: default for key, (_, default) in fields.items()},
-                                 "model_config": ConfigDict(extra="forbid"), **methods}
+                                 "model_config": ConfigDict(extra="forbid")}
     if check is not None:
         namespace["_check"] = model_validator(mode="after")(check)
     return type(name, bases, namespace)

@@ -28,9 +28,10 @@ def main() -> None:
     train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
     cache = soft_targets.load(data, train_views)
     inputs = [PREPARED_DIR, SOFT_TARGETS_DIR]
-    if losses.chosen(params.distill).needs_teacher_features:
+    method = losses.method(params.distill, params.temperature)
+    if method.hinted:  # FitNets: the teacher's features at its hint layer, over the same views
         teacher = artifacts.load_role("teacher", safe_mode=params.teacher.safe_mode)
-        cache.update(soft_targets.features(teacher, data, losses.knobs(params.distill).teacher_layer, train_views))
+        cache.update(soft_targets.features(teacher, data, method.teacher_layer, train_views))
         inputs.append(model_file("teacher"))
     with resume.run_dir("distill", params, inputs) as run_dir:
         with atomic_dir(live_dir("distill")) as log_dir:

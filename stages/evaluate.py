@@ -33,7 +33,7 @@ def main() -> None:
              "distill.method": params.distill.method, "alpha": params.alpha, "temperature": params.temperature,
              **views.knobs(params.views), "repeats": params.repeats,
              "train_student.epochs": params.train_student.epochs, "seed": params.seed}
-    hinted = losses.chosen(params.distill).needs_teacher_features
+    hinted = losses.method(params.distill, params.temperature).hinted
     write_confusion_plots(result, data.class_names)
     write_report(result, knobs, hinted, data.class_names, deployment)
     write_json(metrics_file("evaluate"), result.metrics)
