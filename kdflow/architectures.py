@@ -1,8 +1,9 @@
 """The architecture families (an extension point, kdflow.registry) and the named presets.
 
 A family is one entry: its name, its params section (the knobs of ``arch: <family>``, given as
-the ``<family>:`` sub-section of ``teacher`` or ``student``) and its builder, which returns a
-Keras model that outputs logits (the softmax lives in the loss). A preset names a family with
+the ``<family>:`` sub-section of ``teacher`` or ``student``) and its builder, which takes the
+image tensor and returns the logits tensor (the softmax lives in the loss); ``build`` makes the
+model around it, with the model's input convention (``input_range``) as its first layer. A preset names a family with
 fixed knobs (``resnet20``). Every model takes its input shape and class count from the prepared
 data. Keras is imported only when a model is built, so the schema stays free of TensorFlow.
 
@@ -24,7 +25,7 @@ from kdflow.registry import Registry
 class Family:
     name: str
     section: type[StrictSection]
-    build: Callable[[Any, tuple[int, ...], int, str], Any]  # (knobs, input shape, classes, name) -> keras.Model
+    build: Callable[[Any, Any, int], Any]  # (knobs, image tensor, classes) -> logits tensor
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,11 @@ class ArchSpec(StrictSection):
         return self
 
 
-def build_from_spec(spec: ArchSpec, input_shape: tuple[int, ...], num_classes: int, name: str):
+def build_from_spec(spec: ArchSpec, image, num_classes: int):
     """conv blocks -> flatten -> dense blocks -> Dense(num_classes) logits."""
     import keras
 
-    inputs = keras.Input(shape=input_shape, name="image")
-    h = inputs
+    h = image
     for i, filters in enumerate(spec.conv_filters):
         h = keras.layers.Conv2D(filters, spec.kernel_size, use_bias=not spec.batch_norm, name=f"conv{i}")(h)
         if spec.batch_norm:
@@ -75,8 +75,7 @@ def build_from_spec(spec: ArchSpec, input_shape: tuple[int, ...], num_classes: i
             h = keras.layers.Dropout(spec.dropout, name=f"dropout{i}")(h)
     if spec.dropout > 0 and not spec.dense_units:
         h = keras.layers.Dropout(spec.dropout, name="dropout")(h)
-    logits = keras.layers.Dense(num_classes, name="logits")(h)
-    return keras.Model(inputs, logits, name=name)
+    return keras.layers.Dense(num_classes, name="logits")(h)
 
 
 # ---- resnet: the CIFAR-style residual family -------------------------------------------------------
@@ -99,7 +98,7 @@ class ResNetSpec(StrictSection):
         return self
 
 
-def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: int, name: str):
+def build_resnet(spec: ResNetSpec, image, num_classes: int):
     """CIFAR-style ResNet: stem -> stages of basic blocks -> global average pool -> logits."""
     import keras
 
@@ -109,8 +108,7 @@ def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: in
         h = keras.layers.BatchNormalization(name=f"{label}_bn")(h)
         return keras.layers.ReLU(name=f"{label}_relu")(h) if relu else h
 
-    inputs = keras.Input(shape=input_shape, name="image")
-    h = conv_bn(inputs, max(1, round(spec.base_filters * spec.width)), 1, "stem")
+    h = conv_bn(image, max(1, round(spec.base_filters * spec.width)), 1, "stem")
     for stage, blocks in enumerate(spec.blocks_per_stage):
         filters = max(1, round(spec.base_filters * spec.width * 2**stage))
         for block in range(blocks):
@@ -126,8 +124,7 @@ def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: in
     h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
     if spec.dropout > 0:
         h = keras.layers.Dropout(spec.dropout, name="dropout")(h)
-    logits = keras.layers.Dense(num_classes, name="logits")(h)
-    return keras.Model(inputs, logits, name=name)
+    return keras.layers.Dense(num_classes, name="logits")(h)
 
 
 # ---- the registry -------------------------------------------------------------------------------------
@@ -183,5 +180,11 @@ def resolve(cfg) -> tuple[Family, StrictSection]:
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, name: str):
     """The Keras model (logits out) that ``cfg`` (a validated ``teacher`` / ``student``) names."""
+    import keras
+
+    from kdflow import input_adapter
+
     family, knobs = resolve(cfg)
-    return family.build(knobs, tuple(input_shape), int(num_classes), name)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    image = input_adapter.apply(inputs, input_adapter.layers(cfg.input_range, channels=input_shape[-1]))
+    return keras.Model(inputs, family.build(knobs, image, int(num_classes)), name=name)

@@ -27,9 +27,15 @@ def save_model(path: str | Path, model: Any) -> None:
     """
     import keras  # deferred: keep TensorFlow out of code paths that do not need it
 
-    # from_config of the plain Model class: a functional model, whatever class trained it.
-    clean = keras.Model.from_config(model.get_config())
-    clean.set_weights(model.get_weights())
+    from kdflow.teacher_layers import SavedModelTeacher
+
+    clean = model
+    # An imported SavedModel teacher's wrapper is a plain functional model already, and its
+    # graph cannot be rebuilt from a config (it travels as the layer's assets).
+    if not any(isinstance(layer, SavedModelTeacher) for layer in model.layers):
+        # from_config of the plain Model class: a functional model, whatever class trained it.
+        clean = keras.Model.from_config(model.get_config())
+        clean.set_weights(model.get_weights())
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "model.keras"
         clean.save(raw)
@@ -42,7 +48,7 @@ def save_model(path: str | Path, model: Any) -> None:
         write_fixed_zip(tmp, members)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
@@ -52,6 +58,8 @@ def load_model(path: str | Path, *, produced_by: str, safe_mode: bool = True) ->
     off only for a teacher the user marked as trusted (teacher.safe_mode: false)."""
     import keras
 
+    import kdflow.teacher_layers  # noqa: F401  (registers the imported teacher's layers with Keras)
+
     path = Path(path)
     if not path.exists():
         raise KdflowError(f"{path} is missing: run `dvc repro {produced_by}` first")
@@ -59,7 +67,7 @@ def load_model(path: str | Path, *, produced_by: str, safe_mode: bool = True) ->
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # Keras raises many types for a damaged archive
         raise KdflowError(
-            f"{path} could not be loaded ({_first_line(exc)}): rerun `dvc repro --force {produced_by}`"
+            f"{path} could not be loaded ({first_line(exc)}): rerun `dvc repro --force {produced_by}`"
         ) from None
 
 
@@ -68,10 +76,18 @@ def load_role(role: str, safe_mode: bool = True) -> Any:
     return load_model(model_file(role), produced_by=MODEL_ROLES[role], safe_mode=safe_mode)
 
 
+def refuse_code(where: str, section: str) -> KdflowError:
+    return KdflowError(f"{where}: refused: the model contains Python code (a Lambda layer), and loading it "
+                       "could run arbitrary code on this machine. If you trust the file as you would a script, "
+                       f"set {section}.safe_mode: false")
+
+
 def load_user_model(path: str | Path, *, key: str, safe_mode: bool = True) -> Any:
-    """Load a user's ``.keras`` model. With safe_mode (the default) Keras refuses files that
-    carry Python code (Lambda layers), because loading them could run anything."""
+    """Load a user's ``.keras`` (or legacy ``.h5``) model. With safe_mode (the default) Keras
+    refuses files that carry Python code (Lambda layers), because loading them could run anything."""
     import keras
+
+    import kdflow.teacher_layers  # noqa: F401  (a teacher the pipeline imported may be brought back)
 
     path = Path(path)
     where = f"{key} = {path}"
@@ -84,12 +100,8 @@ def load_user_model(path: str | Path, *, key: str, safe_mode: bool = True) -> An
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # Keras raises many types for a damaged or unsafe archive
         if "safe_mode" in str(exc) or "Lambda" in str(exc):
-            raise KdflowError(
-                f"{where}: refused: the model contains Python code (a Lambda layer), and loading it "
-                "could run arbitrary code on this machine. If you trust the file as you would a script, "
-                f"set {key.rsplit('.', 1)[0]}.safe_mode: false"
-            ) from None
-        raise KdflowError(f"{where}: not a loadable Keras model ({_first_line(exc)})") from None
+            raise refuse_code(where, key.rsplit(".", 1)[0]) from None
+        raise KdflowError(f"{where}: not a loadable Keras model ({first_line(exc)})") from None
 
 
 def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from kdflow.errors import KdflowError
 from kdflow.param_usage import LOG_ENV, recording
@@ -80,28 +80,94 @@ class DataParams(ExtensionSection):
         return self
 
 
+class MeanStd(StrictSection):
+    """Per-channel normalisation, in [0, 1] units: the model sees (pixel - mean) / std."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> "MeanStd":
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel each")
+        if min(self.std) <= 0:
+            raise ValueError(f"std {self.std} must be positive")
+        return self
+
+
+# The pixel range a model expects (kdflow.input_adapter): the prepared images are in [0, 1].
+InputRange = Union[Literal["unit", "byte", "symmetric"], MeanStd]
+
+
 class ModelParams(ExtensionSection):
     """A model: ``arch`` is a preset or an architecture family (kdflow.architectures), whose own
     section (``spec:``, ``resnet:``, ...) sits beside it."""
 
     arch: str = "notebook_student"
+    # The inputs the model expects: unit [0, 1] | byte [0, 255] | symmetric [-1, 1] |
+    # {mean: [...], std: [...]} in [0, 1] units. The images stay [0, 1]; the mapping is the
+    # model's first layer (so the exported student applies it too).
+    input_range: InputRange = "unit"
+
+    @field_validator("input_range", mode="before")
+    @classmethod
+    def _one_range(cls, value: Any) -> Any:
+        # One message for the form given, not one per form of the union.
+        if isinstance(value, dict):
+            try:
+                return MeanStd.model_validate(value)
+            except ValidationError as exc:
+                messages = (error["msg"].removeprefix("Value error, ") for error in exc.errors())
+                raise ValueError("; ".join(messages)) from None
+        if value not in ("unit", "byte", "symmetric") and not isinstance(value, MeanStd):
+            raise ValueError(f"{value!r}: give unit, byte, symmetric or {{mean: [...], std: [...]}}")
+        return value
 
 
 class TeacherParams(ModelParams):
     # ResNet-20 (273k params on the digits, 13x the default student).
     arch: str = "resnet20"
-    # train: build from arch and train it; file: use the .keras model at `path` as the teacher.
+    # train: build from arch and train it; file: the model at `path` (a .keras or .h5 file, or a
+    # SavedModel directory) is the teacher (docs/own-data.md).
     source: Literal["train", "file"] = "train"
     path: str = INPUTS_DIR
-    # Keras safe_mode refuses model files that carry code (Lambda layers). Turn it off only for
-    # a file you trust as you would trust a script: loading it can run arbitrary code.
+    # Keras safe_mode refuses model files that carry code (Lambda layers), and SavedModel graphs
+    # that read or write files. Turn it off only for a file you trust as you would a script.
     safe_mode: bool = True
+    # The rest is for source: file. What its outputs are: auto = found out on the validation
+    # images (rows of non-negative numbers summing to 1 are probabilities, else logits).
+    outputs: Literal["auto", "logits", "probabilities"] = "auto"
+    # [height, width] the teacher takes: the images are resized to it (bilinear) for the teacher only.
+    image_size: Optional[list[int]] = None
+    # The teacher's class names in its output order (when it differs from the data's).
+    classes: Optional[list[Union[str, int]]] = None
+    # A SavedModel's signature and output (needed only when it has several).
+    signature: Optional[str] = None
+    output_key: Optional[str] = None
+    # Stop at import when the teacher looks wrong: another input range or class order clearly
+    # better on validation, or near chance.
+    check: bool = True
 
     @model_validator(mode="after")
-    def _path_when_file(self) -> "TeacherParams":
-        if self.source == "file" and not self.path.endswith(".keras"):
-            raise ValueError(f"source 'file' reads teacher.path: set it to a .keras model file (got {self.path!r})")
+    def _file_settings(self) -> "TeacherParams":
+        if self.source == "file" and self.path.rstrip("/") == INPUTS_DIR:
+            raise ValueError("source 'file' reads teacher.path: set it to a .keras or .h5 model file or a "
+                             "SavedModel directory")
+        given = [key for key in FILE_TEACHER_KEYS if getattr(self, key) != TeacherParams.model_fields[key].default]
+        if self.source != "file" and given:
+            raise ValueError(f"{given[0]} applies to a teacher from a file (source: file)")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"image_size {self.image_size}: give [height, width], both positive")
+        if self.classes is not None and len({str(c) for c in self.classes}) != len(self.classes):
+            raise ValueError(f"classes {self.classes}: every name must appear once")
         return self
+
+    @property
+    def class_order(self) -> Optional[list[str]]:
+        return None if self.classes is None else [str(c) for c in self.classes]
+
+
+FILE_TEACHER_KEYS = ("outputs", "image_size", "classes", "signature", "output_key")
 
 
 class AugmentParams(StrictSection):

@@ -70,16 +70,32 @@ def features(teacher, data: Prepared, layer: str, views: Views | None = None,
              key: str = "distill.fitnet.teacher_layer") -> dict[str, np.ndarray]:
     """The flattened output of the teacher layer ``layer`` over the same views and splits as
     ``compute``: {"train_features", "val_features"}."""
+    found = _run(_feature_model(teacher, layer, key), data, views)
+    return {f"{name}_features": value for name, value in found.items()}
+
+
+def _feature_model(teacher, layer: str, key: str):
+    """The model from the teacher's input to its layer ``layer`` (flattened). An imported teacher
+    may sit inside its wrapper (input convention -> the user's network -> logits head): the layer
+    is then looked up in the network, behind the wrapper's input layers."""
     import keras
 
-    try:
-        feature = teacher.get_layer(layer).output
-    except ValueError:
-        names = ", ".join(candidate.name for candidate in teacher.layers)
-        raise KdflowError(f"{key} = {layer!r} is not a teacher layer; it has: {names}") from None
-    flat = keras.layers.Flatten()(feature) if len(feature.shape) > 2 else feature
-    found = _run(keras.Model(teacher.inputs, flat), data, views)
-    return {f"{name}_features": value for name, value in found.items()}
+    def flat(tensor):
+        return keras.layers.Flatten()(tensor) if len(tensor.shape) > 2 else tensor
+
+    names = [candidate.name for candidate in teacher.layers]
+    if layer in names:
+        return keras.Model(teacher.inputs, flat(teacher.get_layer(layer).output))
+    inputs = keras.Input(shape=teacher.input_shape[1:])
+    h = inputs
+    for candidate in teacher.layers[1:]:
+        if isinstance(candidate, keras.Model):
+            inner = [inner.name for inner in candidate.layers]
+            if layer in inner:
+                return keras.Model(inputs, flat(keras.Model(candidate.inputs, candidate.get_layer(layer).output)(h)))
+            names += inner
+        h = candidate(h)
+    raise KdflowError(f"{key} = {layer!r} is not a teacher layer; it has: {', '.join(names)}")
 
 
 TOP_K_KEYS = ("train_top_values", "train_top_classes", "train_rest")

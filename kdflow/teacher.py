@@ -12,13 +12,13 @@ import keras
 import numpy as np
 from scipy.special import log_softmax
 
-from kdflow import architectures, distribute, repro, tracking
-from kdflow.artifacts import load_user_model
+from kdflow import architectures, distribute, input_adapter, repro, teacher_formats, teacher_import_check, tracking
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
 from kdflow.inference import predict_logits
 from kdflow.objective import Objective, training_model
 from kdflow.params import AugmentParams, TeacherTrainParams
+from kdflow.teacher_layers import TeacherOutputs
 from kdflow.training import fit_prepared
 
 
@@ -38,42 +38,80 @@ def train(cfg, train_cfg: TeacherTrainParams, seed: int, data: Prepared, log_dir
     return model, summary
 
 
-def import_file(cfg, seed: int, data: Prepared) -> tuple[keras.Model, dict]:
-    """The user's teacher (teacher.source: file, ``cfg`` the ``teacher`` section), checked
-    against the prepared data, as a logits model; its summary holds its validation accuracy
-    and cross-entropy."""
+def import_file(cfg, seed: int, data: Prepared, log=print) -> tuple[keras.Model, dict]:
+    """The user's teacher (teacher.source: file, ``cfg`` the ``teacher`` section) in any format
+    kdflow reads, checked against the prepared data and wrapped as a logits model on the
+    pipeline's [0, 1] images in the data's class order; ``log`` gets the lines that say what
+    was found. Its summary holds its validation accuracy and cross-entropy."""
     repro.make_deterministic(seed)
-    model = load_user_model(cfg.path, key="teacher.path", safe_mode=cfg.safe_mode)
+    loaded = teacher_formats.load(cfg)
     where = f"teacher.path = {cfg.path}"
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise KdflowError(f"{where}: the model must have one input and one output")
-    if tuple(model.input_shape[1:]) != tuple(data.input_shape):
-        raise KdflowError(f"{where}: its input shape {tuple(model.input_shape[1:])} does not match the "
-                          f"prepared data {tuple(data.input_shape)} (data.name/image_size/color_mode)")
-    if model.output_shape[1:] != (data.num_classes,):
-        raise KdflowError(f"{where}: it outputs shape {tuple(model.output_shape[1:])}, but the prepared "
-                          f"data has {data.num_classes} classes")
-    model = _as_logits(model)
+    _check_shapes(loaded, cfg, data, where)
+    to_data = _class_order(cfg, loaded.width, data)
     x, y = data.xy("val")
+    tried = input_adapter.candidates(cfg.input_range, data.input_shape[-1])
+    raw = [predict_logits(_behind(loaded.net, data, r, cfg.image_size), x) for r in tried]
+    probabilities, found = teacher_import_check.output_kind(raw[0], cfg.outputs, where)
+    log(f"train_teacher: {where} ({loaded.kind}): {found}")
+    line, problem = teacher_import_check.assess(
+        tried, [outputs.argmax(axis=1) for outputs in raw], y, to_data, data.class_names,
+        input_adapter.describe, input_adapter.as_param, cfg.classes is not None)
+    log(f"train_teacher: {line}")
+    if problem is not None:
+        if cfg.check:
+            raise KdflowError(f"{problem} (or teacher.check: false to go on)")
+        log(f"train_teacher: warning: {problem} (going on: teacher.check is false)")
+    order = None if np.array_equal(to_data, np.arange(len(to_data))) else [int(i) for i in np.argsort(to_data)]
+    model = _behind(loaded.net, data, cfg.input_range, cfg.image_size,
+                    TeacherOutputs(probabilities, order, name="teacher_logits") if probabilities or order else None)
     logits = predict_logits(model, x)
     return model, {"epochs_run": 0, "val_accuracy": round(float(np.mean(logits.argmax(axis=1) == y)), 6),
                    "val_hard_ce": round(float(-log_softmax(logits, axis=1)[np.arange(len(y)), y].mean()), 6)}
 
 
-def _as_logits(model: keras.Model) -> keras.Model:
-    """Drop a final softmax (many user models end with one): the pipeline works on logits.
-    Rebuilt from the config, so no Lambda layer is added and the result stays safe to load."""
-    last = model.layers[-1]
-    if getattr(last, "activation", None) is not keras.activations.softmax:
-        return model
-    config = model.get_config()
-    for layer in config["layers"]:
-        if layer["config"]["name"] == last.name:
-            layer["config"]["activation"] = "linear"
-    rebuilt = keras.Model.from_config(config)
-    rebuilt.set_weights(model.get_weights())
-    print(f"train_teacher: removed the final softmax of layer '{last.name}' (the pipeline uses logits)")
-    return rebuilt
+def _check_shapes(loaded, cfg, data: Prepared, where: str) -> None:
+    height, width, channels = data.input_shape
+    if len(loaded.input_shape) != 3:
+        raise KdflowError(f"{where}: it takes inputs of shape {loaded.input_shape}; a teacher takes images "
+                          "(height, width, channels)")
+    if loaded.input_shape[2] not in (None, channels):
+        raise KdflowError(f"{where}: it takes {loaded.input_shape[2]} channels, but the prepared data has "
+                          f"{channels} (data.color_mode)")
+    size = tuple(cfg.image_size) if cfg.image_size is not None else (height, width)
+    if any(given not in (None, wanted) for given, wanted in zip(loaded.input_shape[:2], size)):
+        shown = "x".join("?" if n is None else str(n) for n in loaded.input_shape[:2])
+        if cfg.image_size is not None:
+            raise KdflowError(f"{where}: it takes {shown} images, not teacher.image_size {list(size)}")
+        raise KdflowError(f"{where}: its input size {shown} does not match the prepared data's {height}x{width}: "
+                          f"set teacher.image_size: [{loaded.input_shape[0]}, {loaded.input_shape[1]}] to resize the "
+                          "images for the teacher (or data.image_size to prepare them at its size)")
+    if loaded.width != data.num_classes:
+        raise KdflowError(f"{where}: it outputs {loaded.width} scores, but the prepared data has "
+                          f"{data.num_classes} classes")
+
+
+def _class_order(cfg, width: int, data: Prepared) -> np.ndarray:
+    """Teacher output i -> the data's class index (identity unless teacher.classes says otherwise)."""
+    names = data.class_names
+    if cfg.class_order is None:
+        return np.arange(width)
+    if len(cfg.class_order) != width:
+        raise KdflowError(f"teacher.classes lists {len(cfg.class_order)} names, but the teacher outputs {width} scores")
+    unknown = [name for name in cfg.class_order if name not in names]
+    if unknown:
+        raise KdflowError(f"teacher.classes: {unknown[0]!r} is not a class of the data ({', '.join(names)})")
+    return np.array([names.index(name) for name in cfg.class_order])
+
+
+def _behind(net, data: Prepared, input_range, image_size, head=None) -> keras.Model:
+    """``net`` on the pipeline's [0, 1] images: the input convention's layers, then ``net``,
+    then ``head``. A Keras teacher that needs none of them is returned as it is."""
+    adapters = input_adapter.layers(input_range, image_size, data.input_shape[-1])
+    if not adapters and head is None and isinstance(net, keras.Model):
+        return net
+    inputs = keras.Input(shape=data.input_shape, name="image")
+    outputs = net(input_adapter.apply(inputs, adapters))
+    return keras.Model(inputs, head(outputs) if head is not None else outputs, name="teacher")
 
 
 def with_augmentation(model: keras.Model, augment: AugmentParams, seed: int) -> keras.Model:

@@ -210,9 +210,10 @@ def copy_repo(repo: Path, tmp_path: Path) -> Path:
 
 
 def make_byo_repo(repo: Path) -> Path:
-    """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own .keras teacher,
-    tracked with `dvc add`, to be distilled with FitNets (a hint from the teacher's `features`
-    layer): the other code paths of every stage."""
+    """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own teacher as a user
+    brings one: a legacy .h5 file, expecting pixels in [0, 255], ending in a Softmax layer,
+    tracked with `dvc add`, distilled with FitNets (a hint from the teacher's `features` layer,
+    which sits inside the teacher's wrapper): the other code paths of every stage."""
     import keras
 
     (repo / "inputs").mkdir(parents=True)
@@ -222,14 +223,21 @@ def make_byo_repo(repo: Path) -> Path:
     for i, label in enumerate(labels):
         x[i, :, "abc".index(label[0])] = 255
     np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
+    # Hand-set weights: class c's score is the brightness of column c, on the 0-255 scale.
     inputs = keras.Input((10, 10, 3))
     features = keras.layers.Flatten(name="features")(inputs)
-    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(features)).save(repo / "inputs/teacher.keras")
+    scores = keras.layers.Dense(3, activation="relu", name="scores")
+    probabilities = keras.layers.Softmax(name="probabilities")(scores(features))
+    kernel = np.zeros((10, 10, 3, 3), np.float32)
+    for c in range(3):
+        kernel[:, c, :, c] = 1 / 255
+    scores.set_weights([kernel.reshape(300, 3), np.full(3, -10.0, np.float32)])
+    keras.Model(inputs, probabilities).save(repo / "inputs/teacher.h5")
     make_repo(repo, commit=False,
               data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2},
-              teacher={"source": "file", "path": "inputs/teacher.keras"},
+              teacher={"source": "file", "path": "inputs/teacher.h5", "input_range": "byte"},
               distill={"method": "fitnet", "fitnet": {"teacher_layer": "features", "student_layer": "flatten"}})
-    sh(["dvc", "add", "inputs/mine.npz", "inputs/teacher.keras"], repo)
+    sh(["dvc", "add", "inputs/mine.npz", "inputs/teacher.h5"], repo)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "track inputs"], repo)
     return repo

@@ -156,7 +156,10 @@ MAY_REACH = {
     "kdflow/architectures.py": TRAINING,
     "kdflow/views.py": {"soft_targets", "distill", "train_scratch", "evaluate"},
     "kdflow/students.py": {"distill", "train_scratch", "train_plain"},
-    "kdflow/teacher.py": {"train_teacher"},
+    # the teacher's training and import (its formats, its import check): the teacher alone
+    **dict.fromkeys(("kdflow/teacher.py", "kdflow/teacher_formats.py", "kdflow/teacher_import_check.py"),
+                    {"train_teacher"}),
+    "kdflow/input_adapter.py": TRAINING,
     # the report and its metrics: never a training stage
     **dict.fromkeys(("kdflow/evaluation.py", "kdflow/comparison.py", "kdflow/report.py", "kdflow/teacher_check.py"),
                     {"evaluate"}),

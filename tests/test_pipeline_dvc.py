@@ -222,13 +222,15 @@ def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_re
 
 
 def test_own_npz_data_and_own_teacher_run_end_to_end(byo_repo):
-    """A user's dataset (string labels, 3 classes, RGB) and a user's .keras teacher, tracked with
-    `dvc add`, distilled with FitNets: only params change; replacing the data file reruns it all."""
+    """A user's dataset (string labels, 3 classes, RGB) and a user's .h5 teacher (probabilities,
+    [0, 255] inputs), tracked with `dvc add`, distilled with FitNets: only params change;
+    replacing the data file reruns it all."""
     import numpy as np
 
     repo, first = byo_repo
     assert stages_run(first) == ALL_STAGES
-    assert "removed the final softmax" in first
+    assert "(Keras H5): outputs are probabilities" in first
+    assert "teacher val accuracy 1.0000 with inputs in [0, 255] (also tried: [0, 1]" in first
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert meta["class_names"] == ["ant", "bee", "cow"] and meta["input_shape"] == [10, 10, 3]
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())

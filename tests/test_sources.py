@@ -1,12 +1,12 @@
-"""Bring your own data and teacher: npz files and image folders built on the fly, user .keras
-teachers, the ResNet family, augmentation, and every rejection message."""
+"""Bring your own data: npz files and image folders built on the fly, the ResNet family, the
+teacher's augmentation, and every rejection message (a user's teacher: tests/test_teachers.py)."""
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import section, validated
+from conftest import section
 from kdflow.data import load_prepared
 from kdflow.errors import KdflowError
 from kdflow.sources import load
@@ -171,55 +171,10 @@ def test_file_sources_need_a_path():
         DataParams(name="image_dir")
 
 
-def small_prepared(in_tmp):
-    x, y = digits_like(n_per_class=10, labels=("p", "q", "r"))
-    np.savez(in_tmp / "mine.npz", x_train=x, y_train=y)
-    prepare(npz_params(in_tmp / "mine.npz"), seed=0)
-    return load_prepared()
-
-
-def user_teacher(input_shape, classes, lambda_layer=False):
+def user_teacher(input_shape, classes):
     inputs = keras.Input(input_shape)
-    h = keras.layers.Flatten()(inputs)
-    if lambda_layer:
-        h = keras.layers.Lambda(lambda t: t * 2.0)(h)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="probs")(h)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="probs")(keras.layers.Flatten()(inputs))
     return keras.Model(inputs, outputs)
-
-
-def import_teacher(path, data, **extra):
-    from kdflow import teacher
-
-    params = validated(teacher={"source": "file", "path": str(path), "arch": "repo_teacher", **extra})
-    return teacher.import_file(params.teacher, params.seed, data)
-
-
-def test_user_teacher_file_is_checked_and_made_a_logits_model(in_tmp):
-    data = small_prepared(in_tmp)
-    keras.utils.set_random_seed(0)  # the same untrained teacher whatever ran before (near-tied logits)
-    user_teacher((8, 8, 1), 3).save(in_tmp / "t.keras")
-    model, summary = import_teacher(in_tmp / "t.keras", data)
-    assert model.layers[-1].activation is keras.activations.linear  # softmax removed: logits
-    x_val, y_val = data.xy("val")
-    assert summary["val_accuracy"] == pytest.approx(np.mean(np.argmax(model.predict(x_val, verbose=0), 1) == y_val))
-    assert summary["epochs_run"] == 0
-
-    user_teacher((8, 8, 1), 4).save(in_tmp / "four.keras")
-    with pytest.raises(KdflowError, match=r"outputs shape \(4,\), but the prepared data has 3 classes"):
-        import_teacher(in_tmp / "four.keras", data)
-    user_teacher((9, 9, 1), 3).save(in_tmp / "shape.keras")
-    with pytest.raises(KdflowError, match=r"input shape \(9, 9, 1\) does not match the prepared data \(8, 8, 1\)"):
-        import_teacher(in_tmp / "shape.keras", data)
-
-
-def test_teacher_with_code_is_refused_unless_trusted(in_tmp):
-    data = small_prepared(in_tmp)
-    user_teacher((8, 8, 1), 3, lambda_layer=True).save(in_tmp / "code.keras")
-    with pytest.raises(KdflowError) as info:
-        import_teacher(in_tmp / "code.keras", data)
-    assert "Lambda layer" in str(info.value) and "teacher.safe_mode: false" in str(info.value)
-    model, _ = import_teacher(in_tmp / "code.keras", data, safe_mode=False)
-    assert model.output_shape == (None, 3)
 
 
 def test_resnet_family_gives_a_teacher_ten_times_the_student():

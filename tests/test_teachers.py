@@ -1,0 +1,392 @@
+"""Teachers as people have them: every format (.keras, legacy .h5, SavedModel), a softmax in
+each of its forms, another input range, class order or resolution, and every refusal. Each
+teacher is built and saved here, with hand-set weights where it must be good: a bright column
+marks the class, so a teacher that reads it right is right on every image."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from scipy.special import softmax
+
+from conftest import validated
+from kdflow import artifacts, soft_targets
+from kdflow import teacher as teachers
+from kdflow.data import load_prepared
+from kdflow.errors import KdflowError
+from kdflow.splits import prepare
+
+CLASSES = ("p", "q", "r")
+SHAPE = (8, 8, 1)
+
+
+@pytest.fixture
+def data(in_tmp):
+    """3 classes, 8x8 grey, 40 images each (24 for validation): class c has column c bright."""
+    from conftest import section
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.asarray(CLASSES), 40)
+    x = rng.integers(0, 60, size=(len(y), *SHAPE[:2]), dtype=np.uint8)
+    for i, label in enumerate(y):
+        x[i, :, CLASSES.index(label)] = 255
+    np.savez(in_tmp / "mine.npz", x_train=x, y_train=y)
+    prepare(section("data", name="npz", path=str(in_tmp / "mine.npz"), val_fraction=0.2, test_fraction=0.2), seed=0)
+    return load_prepared()
+
+
+def scores(image, pixel_max=1.0, order=(0, 1, 2)):
+    """Per-class ReLU scores of the column that marks each class (5 for the bright column, 0
+    for the others, on images in [0, pixel_max]); output i scores class ``order[i]``."""
+    kernel = np.zeros((int(np.prod(image.shape[1:])), len(order)), np.float32)
+    for i, c in enumerate(order):
+        mask = np.zeros(image.shape[1:], np.float32)
+        mask[:, c] = 1.0 / pixel_max
+        kernel[:, i] = mask.ravel()
+    flat = keras.layers.Flatten(name="features")(image)
+    dense = keras.layers.Dense(len(order), activation="relu", name="scores")
+    h = dense(flat)
+    dense.set_weights([kernel, np.full(len(order), -3.0, np.float32)])
+    return h
+
+
+def logits_net(**kwargs):
+    inputs = keras.Input(SHAPE)
+    return keras.Model(inputs, scores(inputs, **kwargs))
+
+
+def with_softmax(form: str) -> keras.Model:
+    """The logits net with its softmax as a layer or as the last Dense's activation."""
+    inputs = keras.Input(SHAPE)
+    h = scores(inputs)
+    if form == "layer":
+        return keras.Model(inputs, keras.layers.Softmax(name="probs")(h))
+    head = keras.layers.Dense(3, activation="softmax", name="probs")
+    out = head(h)
+    head.set_weights([np.eye(3, dtype=np.float32), np.zeros(3, np.float32)])
+    return keras.Model(inputs, out)
+
+
+class GraphTeacher(tf.Module):
+    """A SavedModel made without Keras: softmax inside the graph, two outputs."""
+
+    def __init__(self, pixel_max=1.0, order=(0, 1, 2)):
+        super().__init__()
+        kernel = np.zeros((64, 3), np.float32)
+        for i, c in enumerate(order):
+            mask = np.zeros(SHAPE, np.float32)
+            mask[:, c] = 1.0 / pixel_max
+            kernel[:, i] = mask.ravel()
+        self.kernel = tf.Variable(kernel)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float32, name="pixels")])
+    def serve(self, pixels):
+        logits = tf.nn.relu(tf.reshape(pixels, (-1, 64)) @ self.kernel - 3.0)
+        return {"probabilities": tf.nn.softmax(logits), "scores": logits}
+
+
+def save_graph(path, module=None, signatures=None):
+    module = module or GraphTeacher()
+    tf.saved_model.save(module, str(path), signatures=signatures or {"serving_default": module.serve})
+    return path
+
+
+def import_teacher(path, data, **extra):
+    params = validated(teacher={"source": "file", "path": str(path), "arch": "repo_teacher", **extra})
+    return teachers.import_file(params.teacher, params.seed, data, log=lambda line: printed.append(line))
+
+
+printed: list[str] = []
+
+
+def cached_probabilities(model, data) -> np.ndarray:
+    return softmax(soft_targets.compute(model, data)["train"].astype(np.float64), axis=1)
+
+
+FORMS = {
+    "keras, Softmax layer": lambda p: with_softmax("layer").save(p / "t.keras") or p / "t.keras",
+    "keras, softmax activation": lambda p: with_softmax("activation").save(p / "t.keras") or p / "t.keras",
+    "h5, Softmax layer": lambda p: with_softmax("layer").save(p / "t.h5") or p / "t.h5",
+    "h5, softmax activation": lambda p: with_softmax("activation").save(p / "t.h5") or p / "t.h5",
+    "SavedModel from model.export": lambda p: with_softmax("layer").export(p / "exported", verbose=False)
+    or p / "exported",
+    "SavedModel from tf.Module": lambda p: save_graph(p / "graph"),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_format_caches_the_teachers_own_probabilities(form, data, in_tmp):
+    path = FORMS[form](in_tmp)
+    extra = {"output_key": "probabilities"} if form == "SavedModel from tf.Module" else {}
+    printed.clear()
+    model, summary = import_teacher(path, data, **extra)
+    assert any("outputs are probabilities" in line for line in printed), printed
+    x_train = data.xy("train")[0]
+    if path.is_dir():  # the SavedModel's own serving signature
+        own = tf.saved_model.load(str(path)).signatures["serving_default"]
+        (input_key,) = own.structured_input_signature[1]
+        outputs = own(**{input_key: tf.constant(x_train)})
+        probabilities = outputs[extra.get("output_key", next(iter(outputs)))].numpy()
+    else:
+        probabilities = keras.models.load_model(path, compile=False)(x_train).numpy()
+    np.testing.assert_allclose(cached_probabilities(model, data), probabilities, atol=1e-6)
+    assert summary["val_accuracy"] == 1.0
+
+    # The pipeline's teacher file: byte-identical when saved twice, the same outputs when loaded
+    # back with safe_mode (a SavedModel's graph travels inside it).
+    artifacts.save_model(in_tmp / "a.keras", model)
+    again, _ = import_teacher(path, data, **extra)
+    artifacts.save_model(in_tmp / "b.keras", again)
+    assert (in_tmp / "a.keras").read_bytes() == (in_tmp / "b.keras").read_bytes()
+    loaded = artifacts.load_model(in_tmp / "a.keras", produced_by="train_teacher")
+    assert np.array_equal(soft_targets.compute(loaded, data)["train"], soft_targets.compute(model, data)["train"])
+
+
+def test_the_reference_repos_softmax_layer_teacher_gives_its_networks_logits(data, in_tmp):
+    """The Fashion-MNIST repo's teacher: an MLP ending in a separate Softmax layer (untrained
+    here, so the import check is off)."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input(SHAPE)
+    h = keras.layers.Flatten()(inputs)
+    for units in (512, 256, 128):
+        h = keras.layers.Dense(units, activation="relu")(h)
+    network = keras.Model(inputs, keras.layers.Dense(3)(h))
+    keras.Model(inputs, keras.layers.Softmax()(network.output)).save(in_tmp / "repo.keras")
+    model, _ = import_teacher(in_tmp / "repo.keras", data, check=False)
+    cached = soft_targets.compute(model, data)["train"]
+    own = network.predict(data.xy("train")[0], verbose=0)
+    constant = cached - own  # log softmax(z) = z - logsumexp(z): one constant per row
+    np.testing.assert_allclose(constant, constant[:, :1].repeat(3, axis=1), atol=1e-5)
+    np.testing.assert_allclose(constant[:, 0], -np.log(np.exp(own).sum(axis=1)), atol=1e-5)
+
+
+def test_logits_are_kept_as_they_are_and_sigmoids_refused(data, in_tmp):
+    logits_net().save(in_tmp / "logits.keras")
+    printed.clear()
+    model, _ = import_teacher(in_tmp / "logits.keras", data)
+    assert any("outputs are logits" in line for line in printed)
+    x = data.xy("val")[0]
+    assert np.array_equal(model.predict(x, verbose=0), logits_net()(x).numpy())
+
+    inputs = keras.Input(SHAPE)
+    keras.Model(inputs, keras.layers.Activation("sigmoid")(scores(inputs))).save(in_tmp / "sigmoid.keras")
+    with pytest.raises(KdflowError, match=r"outputs lie in \[0, 1\] but rows do not sum to 1 .*independent "
+                                          r"per-class scores \(sigmoids\) are not a single-label distribution"):
+        import_teacher(in_tmp / "sigmoid.keras", data)
+    with pytest.raises(KdflowError, match="teacher.outputs = probabilities, but its outputs"):
+        import_teacher(in_tmp / "logits.keras", data, outputs="probabilities")
+    import_teacher(in_tmp / "sigmoid.keras", data, outputs="logits")  # the user says so
+
+
+def test_a_byte_range_teacher_is_named_then_works(data, in_tmp):
+    inputs = keras.Input(SHAPE)
+    keras.Model(inputs, keras.layers.Softmax()(scores(inputs, pixel_max=255.0))).save(in_tmp / "byte.h5")
+    with pytest.raises(KdflowError) as info:
+        import_teacher(in_tmp / "byte.h5", data)
+    assert str(info.value).startswith("teacher val accuracy 0.33 with inputs in [0, 1], 1.00 with [0, 255]: "
+                                      "set teacher.input_range: byte")
+    printed.clear()
+    model, summary = import_teacher(in_tmp / "byte.h5", data, input_range="byte")
+    assert summary["val_accuracy"] == 1.0
+    assert model.get_layer("input_range").get_config()["scale"] == 255.0
+    assert printed[-1].startswith("train_teacher: teacher val accuracy 1.0000 with inputs in [0, 255] (also tried: "
+                                  "[0, 1] 0.3333")
+
+
+def test_a_permuted_teacher_is_named_then_works(data, in_tmp):
+    save_graph(in_tmp / "graph", GraphTeacher(order=(1, 2, 0)))
+    with pytest.raises(KdflowError) as info:
+        import_teacher(in_tmp / "graph", data, output_key="probabilities")
+    assert str(info.value).startswith('teacher val accuracy 0.00 in the data\'s class order, 1.00 reading its outputs '
+                                      'as the classes ["q", "r", "p"]: set teacher.classes: ["q", "r", "p"]')
+    model, summary = import_teacher(in_tmp / "graph", data, output_key="probabilities", classes=["q", "r", "p"])
+    assert summary["val_accuracy"] == 1.0
+    # Both at once, as a teacher from elsewhere may be: one stop names both settings.
+    save_graph(in_tmp / "both", GraphTeacher(pixel_max=255.0, order=(2, 0, 1)))
+    with pytest.raises(KdflowError, match=r"0.33 with inputs in \[0, 1\], 1.00 with \[0, 255\] and its outputs read "
+                                          r'in another class order: set teacher.input_range: byte and teacher.classes: '
+                                          r'\["r", "p", "q"\]'):
+        import_teacher(in_tmp / "both", data, output_key="probabilities")
+    with pytest.raises(KdflowError, match="teacher.classes: 'x' is not a class of the data"):
+        import_teacher(in_tmp / "graph", data, output_key="probabilities", classes=["q", "r", "x"])
+
+
+def test_a_higher_resolution_teacher_teaches_through_image_size(data, in_tmp):
+    inputs = keras.Input((16, 16, 1))
+    keras.Model(inputs, scores(keras.layers.AveragePooling2D(2)(inputs))).save(in_tmp / "big.keras")
+    with pytest.raises(KdflowError, match=r"its input size 16x16 does not match the prepared data's 8x8: set "
+                                          r"teacher.image_size: \[16, 16\]"):
+        import_teacher(in_tmp / "big.keras", data)
+    model, summary = import_teacher(in_tmp / "big.keras", data, image_size=[16, 16])
+    assert summary["val_accuracy"] == 1.0 and model.input_shape == (None, *SHAPE)
+    with pytest.raises(KdflowError, match=r"it takes 16x16 images, not teacher.image_size \[12, 12\]"):
+        import_teacher(in_tmp / "big.keras", data, image_size=[12, 12])
+
+
+def test_a_teacher_near_chance_stops_unless_told_to_go_on(data, in_tmp):
+    inputs = keras.Input(SHAPE)
+    keras.Model(inputs, keras.layers.Dense(3, kernel_initializer="zeros")(keras.layers.Flatten()(inputs))).save(
+        in_tmp / "blind.keras")
+    with pytest.raises(KdflowError, match=r"teacher val accuracy 0.33 is near chance \(0.33 for 3 classes\): check "
+                                          r"its input range \(teacher.input_range, now \[0, 1\]\), its class order"):
+        import_teacher(in_tmp / "blind.keras", data)
+    printed.clear()
+    import_teacher(in_tmp / "blind.keras", data, check=False)
+    assert "going on: teacher.check is false" in printed[-1]
+
+
+def test_code_in_a_teacher_file_is_refused_and_never_runs(data, in_tmp):
+    marker = in_tmp / "ran"  # what the Lambda leaves behind whenever it runs
+    inputs = keras.Input(SHAPE)
+    code = keras.Model(inputs, scores(keras.layers.Lambda(
+        lambda t: (__import__("pathlib").Path("ran").touch(), t)[1])(inputs)))
+    marker.unlink()
+    for name in ("code.h5", "code.keras"):
+        code.save(in_tmp / name)
+        with pytest.raises(KdflowError) as info:
+            import_teacher(in_tmp / name, data)
+        assert "Lambda layer" in str(info.value) and "teacher.safe_mode: false" in str(info.value)
+        assert not marker.exists()
+    import_teacher(in_tmp / "code.h5", data, safe_mode=False)  # trusted: it loads, and its code ran
+    assert marker.exists()
+
+    class Reader(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float32)])
+        def serve(self, images):
+            size = tf.cast(tf.strings.length(tf.io.read_file("/etc/hostname")), tf.float32)
+            return {"out": tf.reshape(images, (-1, 64))[:, :3] + size}
+
+    reader = Reader()
+    tf.saved_model.save(reader, str(in_tmp / "reader"), signatures={"serving_default": reader.serve})
+    with pytest.raises(KdflowError, match="signature 'serving_default' uses ReadFile, which reach the file system"):
+        import_teacher(in_tmp / "reader", data)
+
+
+def test_broken_and_ambiguous_teachers_get_one_line(data, in_tmp):
+    (in_tmp / "broken.keras").write_bytes(b"not a zip")
+    (in_tmp / "broken.h5").write_bytes(b"not hdf5")
+    (in_tmp / "folder").mkdir()
+    inputs = [keras.Input(SHAPE), keras.Input(SHAPE)]
+    keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Add()(inputs)))).save(
+        in_tmp / "two.keras")
+    logits_net().save_weights(in_tmp / "only.weights.h5")
+    (in_tmp / "only.weights.h5").rename(in_tmp / "weights.h5")
+    module = GraphTeacher()
+    save_graph(in_tmp / "two_signatures", module, {"a": module.serve, "b": module.serve})
+    expected = {
+        "broken.keras": r"teacher.path = .*broken.keras: not a loadable Keras model",
+        "broken.h5": r"teacher.path = .*broken.h5: not a readable HDF5 file",
+        "folder": r"teacher.path = .*folder: a directory, but not a SavedModel \(no saved_model.pb in it\)",
+        "two.keras": r"the model has 2 inputs and 1 outputs; a teacher takes one image input",
+        "weights.h5": r"weights.h5: holds weights only, no model",
+        "two_signatures": r"it has several signatures \(a, b\): choose one with teacher.signature",
+        "missing.keras": r"missing.keras: not found",
+    }
+    for name, message in expected.items():
+        with pytest.raises(KdflowError, match=message):
+            import_teacher(in_tmp / name, data)
+    with pytest.raises(KdflowError, match=r"it has several outputs of signature 'b' \(probabilities, scores\): "
+                                          r"choose one with teacher.output_key"):
+        import_teacher(in_tmp / "two_signatures", data, signature="b")
+    with pytest.raises(KdflowError, match=r"teacher.signature = 'c': not among the signatures of .*: a, b"):
+        import_teacher(in_tmp / "two_signatures", data, signature="c")
+    _, summary = import_teacher(in_tmp / "two_signatures", data, signature="b", output_key="scores")
+    assert summary["val_accuracy"] == 1.0
+
+
+def test_teacher_file_settings_are_checked_with_the_params():
+    with pytest.raises(KdflowError, match="teacher: classes applies to a teacher from a file"):
+        validated(teacher={"arch": "repo_teacher", "classes": ["a", "b"]})
+    with pytest.raises(KdflowError, match="set it to a .keras or .h5 model file or a SavedModel directory"):
+        validated(teacher={"arch": "repo_teacher", "source": "file"})
+    with pytest.raises(KdflowError, match=r"std \[0.0\] must be positive"):
+        validated(student={"arch": "repo_student", "input_range": {"mean": [0.5], "std": [0.0]}})
+    cfg = validated(teacher={"arch": "repo_teacher", "source": "file", "path": "t.keras", "classes": [3, 1, 2]})
+    assert cfg.teacher.class_order == ["3", "1", "2"]  # YAML reads digit names as numbers
+
+
+def test_a_students_input_range_is_its_first_layer():
+    from kdflow.architectures import build
+
+    student = build(validated(student={"arch": "repo_student", "input_range": "symmetric"}).student, SHAPE, 3, "s")
+    layer = student.get_layer("input_range")
+    assert (layer.scale, layer.offset) == (2.0, -1.0)
+    x = np.full((1, *SHAPE), 0.5, np.float32)
+    assert np.array_equal(keras.Model(student.inputs, layer.output)(x).numpy(), np.zeros_like(x))
+    plain = build(validated().student, SHAPE, 3, "s")
+    assert "input_range" not in [layer.name for layer in plain.layers]
+
+
+class HighResGraphTeacher(tf.Module):
+    """A production-style teacher from elsewhere: a SavedModel at 20x20 px, expecting [0, 255]
+    pixels, its classes in its own order (cow, ant, bee), softmax inside the graph."""
+
+    def __init__(self):
+        super().__init__()
+        kernel = np.zeros((10, 10, 3, 3), np.float32)
+        for i, c in enumerate((2, 0, 1)):
+            kernel[:, c, :, i] = 1 / 255
+        self.kernel = tf.Variable(kernel.reshape(300, 3))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 20, 20, 3], tf.float32, name="image")])
+    def serve(self, image):
+        small = tf.nn.avg_pool2d(image, 2, 2, "VALID")
+        return {"probs": tf.nn.softmax(tf.nn.relu(tf.reshape(small, (-1, 300)) @ self.kernel - 10.0))}
+
+
+@pytest.mark.e2e
+def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeypatch):
+    """A user's own data and a SavedModel teacher of another resolution, range and class order:
+    `dvc repro` stops at train_teacher naming both settings, then caches its outputs."""
+    from conftest import make_repo, sh
+
+    repo = tmp_path / "repo"
+    (repo / "inputs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["ant", "bee", "cow"]), 40)
+    x = rng.integers(0, 80, size=(len(labels), 10, 10, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        x[i, :, "abc".index(label[0])] = 255
+    np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
+    module = HighResGraphTeacher()
+    tf.saved_model.save(module, str(repo / "inputs/graph"), signatures={"serving_default": module.serve})
+    make_repo(repo, commit=False,
+              data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2},
+              teacher={"source": "file", "path": "inputs/graph", "image_size": [20, 20]})
+    sh(["dvc", "add", "inputs/mine.npz", "inputs/graph"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "a teacher from elsewhere"], repo)
+
+    stopped = sh(["dvc", "repro", "soft_targets"], repo, check=False)
+    assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
+    assert ("train_teacher: error: teacher val accuracy 0.33 with inputs in [0, 1], 1.00 with [0, 255] and its "
+            'outputs read in another class order: set teacher.input_range: byte and teacher.classes: '
+            '["cow", "ant", "bee"]') in stopped.stdout + stopped.stderr
+    assert not (repo / "models/teacher.keras").exists()
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["teacher"].update(input_range="byte", classes=["cow", "ant", "bee"])  # as the line says
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = sh(["dvc", "repro", "soft_targets"], repo)
+    log = done.stdout + done.stderr
+    assert ("train_teacher: teacher.path = inputs/graph (SavedModel, signature 'serving_default', output 'probs'): "
+            "outputs are probabilities") in log
+    assert "train_teacher: teacher val accuracy 1.0000 with inputs in [0, 255]" in log
+
+    # The teacher file carries the graph: it loads with safe_mode, and its outputs are the
+    # SavedModel's own probabilities, reordered, on the images resized and scaled for it.
+    from kdflow import views
+    from kdflow.params import load_params
+    from kdflow.views import VIEW_KINDS
+
+    monkeypatch.chdir(repo)
+    data = load_prepared(("train", "val"))
+    teacher = artifacts.load_role("teacher")
+    params = load_params(VIEW_KINDS)
+    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
+    cached = soft_targets.load(data, train_views)["val"]
+    x_val = data.xy("val")[0]
+    assert np.array_equal(cached, soft_targets.compute(teacher, data)["val"])
+    own = module.serve(tf.image.resize(x_val, (20, 20)) * 255.0)["probs"].numpy()[:, [1, 2, 0]]
+    np.testing.assert_allclose(softmax(cached.astype(np.float64), axis=1), own, atol=1e-5)
