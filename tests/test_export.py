@@ -13,7 +13,11 @@ def test_every_exported_form_is_the_student_with_its_validation_temperature(tmp_
     from kdflow.inference import predict_logits
 
     data = make_prepared(n_per_class=30, num_classes=3)
-    student, _ = next(scratch_students(validated(repeats=1), data))
+    # A student that expects [-1, 1] (as a pretrained one may): every exported form takes the
+    # pipeline's [0, 1] images and applies the mapping itself.
+    params = validated(repeats=1, student={"arch": "repo_student", "input_range": "symmetric"})
+    student, _ = next(scratch_students(params, data))
+    assert student.get_layer("input_range").offset == -1.0
     metrics, latency = export_student(student, data, tmp_path / "out", calibration_samples=32, seed=0)
     assert (tmp_path / "out/saved_model/saved_model.pb").is_file()
     x_val, y_val = data.xy("val")

@@ -295,6 +295,23 @@ def test_broken_and_ambiguous_teachers_get_one_line(data, in_tmp):
     assert summary["val_accuracy"] == 1.0
 
 
+def test_a_serving_teacher_that_takes_uint8_pixels(data, in_tmp):
+    """TF Serving models often take uint8 images: the [0, 255] mapping is rounded, then cast."""
+
+    class Uint8Teacher(GraphTeacher):
+        @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.uint8, name="pixels")])
+        def serve_bytes(self, pixels):
+            return self.serve(tf.cast(pixels, tf.float32) / 255.0)
+
+    module = Uint8Teacher()
+    save_graph(in_tmp / "bytes", module, {"serving_default": module.serve_bytes})
+    model, summary = import_teacher(in_tmp / "bytes", data, input_range="byte", output_key="scores")
+    assert summary["val_accuracy"] == 1.0
+    x = np.asarray(data.xy("val")[0][:])
+    own = module.serve(tf.constant(np.round(x * 255) / 255))["scores"].numpy()
+    np.testing.assert_allclose(model.predict(x, verbose=0), own, atol=1e-5)
+
+
 def test_teacher_file_settings_are_checked_with_the_params():
     with pytest.raises(KdflowError, match="teacher: classes applies to a teacher from a file"):
         validated(teacher={"arch": "repo_teacher", "classes": ["a", "b"]})
