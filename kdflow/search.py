@@ -10,18 +10,23 @@ Each recipe is one `dvc exp run --queue -S ...`, run by `dvc queue start`: DVC's
 so the teacher, its cached outputs and the scratch students come from DVC's cache and are
 trained once, and every recipe is an experiment to `dvc exp show`. Alpha = 1 (no distillation)
 is always added, so the chosen recipe is never worse than the scratch students on validation.
-A recipe already finished (or queued) in `dvc exp show` is not run again: after an interruption
-the same command picks up where it stopped. The ranked table goes to selection/ranking.md (and
-.json, and a plot, ranking.png); the best recipe is applied with `dvc exp apply`.
+A recipe already finished, queued or running in `dvc exp show` is not run again: after an
+interruption the same command picks up where it stopped, also after the queue itself died
+(what a dead queue leaves is cleared: docs/selection.md#after-a-crash). The ranked table goes
+to selection/ranking.md (and .json, and a plot, ranking.png); the best recipe is applied with
+`dvc exp apply`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import re
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -44,6 +49,8 @@ def default_grid(workspace: dict) -> dict[str, list]:
     return {**DEFAULT_GRID, "views.count": counts}
 NO_DISTILLATION = {"alpha": 1.0, "distill.method": "kd"}
 POLL_SECONDS = 2  # `dvc queue status` itself takes about a second
+# Waiting stops when the queue has had no live worker and no live experiment process this long.
+GIVE_UP_SECONDS = 60.0
 
 
 def parse_grid(assignments: list[str]) -> dict[str, list]:
@@ -124,11 +131,40 @@ def _same(params: dict, recipe: dict, workspace: dict) -> bool:
                if not ignored(key) or key in NO_DISTILLATION)
 
 
-def pending(show: list[dict]) -> list[dict]:
-    """The params of experiments queued or running (no commit time yet, no error)."""
-    return [_flat(rev["data"]["params"]["params.yaml"]["data"])
-            for base in show for exp in base.get("experiments") or [] for rev in exp.get("revs") or []
-            if not rev.get("error") and not (rev.get("data") or {}).get("timestamp")]
+@dataclass(frozen=True)
+class Run:
+    """An experiment as `dvc exp show` reports its run: ``state`` is DVC's executor state
+    (queued, running, success, failed; None for one run outside the queue), ``pid`` the process
+    that runs it."""
+
+    name: str
+    params: dict
+    state: str | None
+    pid: int | None
+
+
+def runs(show: list[dict]) -> list[Run]:
+    found = []
+    for base in show:
+        for exp in base.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                executor = exp.get("executor") or {}
+                params = ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {}).get("data") or {}
+                found.append(Run(rev.get("name") or exp.get("name") or rev["rev"][:7], _flat(params),
+                                 executor.get("state"), (executor.get("local") or {}).get("pid")))
+    return found
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def dvc(*args: str) -> str:
@@ -149,47 +185,173 @@ def start_queue(jobs: int) -> None:
             raise KdflowError(f"`dvc queue start -j {jobs}` failed: {errors.read().strip()[-500:]}")
 
 
-def queue_counts() -> dict[str, int]:
-    """How many experiments `dvc queue status` lists in each state."""
+@dataclass(frozen=True)
+class QueueState:
+    counts: dict  # state (Queued, Running, Success, Failed) -> experiments in it
+    workers: int  # live workers, active or idle
+
+    @property
+    def waiting(self) -> int:
+        return self.counts.get("Queued", 0) + self.counts.get("Running", 0)
+
+
+def queue_state() -> QueueState:
+    """What `dvc queue status` lists: the experiments in each state and the live workers."""
     counts: dict[str, int] = {}
+    workers = 0
     for line in dvc("queue", "status").splitlines():
-        state = line.split()[-1] if line.split() else ""
-        if state in {"Queued", "Running", "Success", "Failed"}:
+        if found := re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip()):
+            workers = int(found[1]) + int(found[2])
+        elif (state := line.split()[-1] if line.split() else "") in {"Queued", "Running", "Success", "Failed"}:
             counts[state] = counts.get(state, 0) + 1
-    return counts
+    return QueueState(counts, workers)
 
 
-def run(grid: dict[str, list] | None, jobs: int) -> list[tuple[dict, Experiment | None]]:
+def dead(run: Run, workers: int) -> bool:
+    """A run DVC lists as running that nothing can finish: its process is gone and no worker is
+    alive to collect it (a worker that is alive finishes or fails it itself)."""
+    return run.state == "running" and not alive(run.pid) and workers == 0
+
+
+def logs_tail(name: str, lines: int = 5) -> str:
+    """The last ``lines`` lines of `dvc queue logs name`; for one line, the stage's own error
+    line if it printed one (`kdflow <stage>: error: ...`)."""
+    found = subprocess.run(["dvc", "queue", "logs", name], capture_output=True, text=True)
+    kept = [line.strip() for line in (found.stdout + found.stderr).splitlines() if line.strip()]
+    errors = [line for line in kept if line.startswith("kdflow ") and ": error: " in line]
+    return errors[-1] if lines == 1 and errors else " | ".join(kept[-lines:])
+
+
+class Search:
+    """One search over the wanted recipes: what DVC holds for each, cleared of what a dead
+    queue left behind, queued where missing, and waited for while the queue makes progress."""
+
+    def __init__(self, wanted: list[dict], workspace: dict, jobs: int, give_up_after: float):
+        self.wanted, self.workspace, self.jobs, self.give_up_after = wanted, workspace, jobs, give_up_after
+        self.retried: set[int] = set()  # recipes queued again after a failed run
+
+    def of(self, recipe: dict, items: list) -> list:
+        return [item for item in items if _same(item.params, recipe, self.workspace)]
+
+    def clear(self, show: list[dict]) -> bool:
+        """Remove the runs no worker will ever finish (left running by a dead queue) and, once
+        per search, the failed runs of recipes with no finished experiment; True if any was removed."""
+        finished, workers = experiments(show), queue_state().workers
+        removed = []
+        for i, recipe in enumerate(self.wanted):
+            if self.of(recipe, finished):
+                continue
+            for run in self.of(recipe, runs(show)):
+                if dead(run, workers):
+                    print(f"search: {_label(recipe)}: experiment {run.name} was left Running by a queue that died "
+                          f"(process {run.pid} is gone, no worker alive): removed, queued again")
+                elif run.state == "failed" and i not in self.retried:
+                    print(f"search: {_label(recipe)}: experiment {run.name} failed ({logs_tail(run.name, 1)}): "
+                          "removed, queued again once")
+                    self.retried.add(i)
+                else:
+                    continue
+                if run.state == "running":
+                    subprocess.run(["dvc", "queue", "kill", run.name], capture_output=True)  # marks it failed
+                removed.append(run.name)
+        if removed:
+            dvc("exp", "remove", *removed)
+        return bool(removed)
+
+    def queue_missing(self, show: list[dict]) -> int:
+        """Queue each recipe with no finished, queued or running experiment; drop the queued
+        copies of a recipe DVC already has (finished, or queued more than once). Returns the
+        number of runs waiting afterwards."""
+        finished, all_runs = experiments(show), runs(show)
+        extra, to_queue, waiting = [], [], 0
+        for recipe in self.wanted:
+            live = [r for r in self.of(recipe, all_runs) if r.state in ("queued", "running")]
+            keep = [] if self.of(recipe, finished) else sorted(live, key=lambda r: r.state != "running")[:1]
+            extra += [r.name for r in live if r not in keep and r.state == "queued"]
+            waiting += len(keep)
+            if not keep and not self.of(recipe, finished):
+                to_queue.append(recipe)
+        if extra:
+            print(f"search: removed {len(extra)} queued duplicate(s) of recipes DVC already holds: {', '.join(extra)}")
+            dvc("exp", "remove", *extra)
+        print(f"search: {len(self.wanted)} recipes, {len(self.wanted) - len(to_queue)} already finished or queued, "
+              f"{len(to_queue)} to run")
+        for recipe in to_queue:
+            # `-S +key=...` adds a key that params.yaml leaves at its default (DVC refuses `-S key=` for it)
+            dvc("exp", "run", "--queue", *[arg for k, v in recipe.items()
+                                           for arg in ("-S", f"{'' if k in self.workspace else '+'}{k}={_yaml(v)}")])
+        return waiting + len(to_queue)
+
+    def wait(self) -> None:
+        """Until nothing is queued or running; stops when nothing has made progress (no live
+        worker, no live experiment process) for ``give_up_after`` seconds."""
+        start_queue(self.jobs)
+        last, quiet_since = None, None
+        while (state := queue_state()).waiting:
+            if state.counts != last:
+                print(f"search: queue {', '.join(f'{n} {s.lower()}' for s, n in sorted(state.counts.items()))}",
+                      flush=True)
+                last = state.counts
+            if state.workers or any(r.state == "running" and alive(r.pid) for r in runs(exp_show())):
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= self.give_up_after:
+                running, queued = state.counts.get("Running", 0), state.counts.get("Queued", 0)
+                raise KdflowError(
+                    f"the queue made no progress for {self.give_up_after:g} s ({running} running, {queued} queued, "
+                    "no live worker, no experiment process): run the same "
+                    "command again, which clears the dead entries and queues their recipes again (by hand: "
+                    "`dvc queue status`, `dvc queue kill <name>`, `dvc exp remove <name>`)")
+            time.sleep(POLL_SECONDS)
+
+    def failed(self, show: list[dict]) -> list[int]:
+        finished, all_runs = experiments(show), runs(show)
+        return [i for i, recipe in enumerate(self.wanted) if not self.of(recipe, finished)
+                and any(r.state == "failed" for r in self.of(recipe, all_runs))]
+
+    def results(self, show: list[dict]) -> list[tuple[dict, Experiment | None, str | None]]:
+        """Each recipe with its finished experiment (the first when DVC holds several, which
+        is said) or None, and the name of its failed run when it has no finished one."""
+        found, all_runs = [], runs(show)
+        finished = experiments(show)
+        for recipe in self.wanted:
+            matches = self.of(recipe, finished)
+            if len(matches) > 1:
+                print(f"search: {_label(recipe)}: {len(matches)} finished experiments "
+                      f"({', '.join(e.name for e in matches)}): the ranking uses {matches[0].name}")
+            failure = next((r.name for r in self.of(recipe, all_runs) if r.state == "failed"), None)
+            found.append((recipe, matches[0] if matches else None, None if matches else failure))
+        return found
+
+
+def run(grid: dict[str, list] | None, jobs: int, give_up_after: float = GIVE_UP_SECONDS
+        ) -> list[tuple[dict, Experiment | None, str | None]]:
     """Queue the recipes of ``grid`` (None: the default grid) not yet finished or queued, run
-    the queue, and return each recipe with its finished experiment (None if it failed)."""
+    the queue, and return each recipe with its finished experiment (None if it failed) and,
+    for a failed one, its failed experiment's name."""
     load_all()  # the workspace's params.yaml is valid, every section of it
     workspace = _flat(yaml.safe_load(Path(PARAMS_FILE).read_text()))
     wanted = recipes(grid or default_grid(workspace), workspace)
     for recipe in wanted:  # every recipe is valid before anything runs
         validate_all(_unflat({**workspace, **recipe}), source=f"-S {_label(recipe)}")
     show = exp_show()
-    finished, waiting = experiments(show), pending(show)
-    baseline = next((e for e in finished if e.baseline), None)
+    baseline = next((e for e in experiments(show) if e.baseline), None)
     if baseline and baseline.teacher_check and (warning := teacher_warning(baseline.teacher_check)):
         print(f"search: WARNING: {warning}")
-    to_queue = [r for r in wanted if not any(_same(e.params, r, workspace) for e in finished)
-                and not any(_same(p, r, workspace) for p in waiting)]
-    print(f"search: {len(wanted)} recipes, {len(wanted) - len(to_queue)} already finished or queued, "
-          f"{len(to_queue)} to run")
-    for recipe in to_queue:
-        # `-S +key=...` adds a key that params.yaml leaves at its default (DVC refuses `-S key=` for it)
-        dvc("exp", "run", "--queue", *[arg for k, v in recipe.items()
-                                       for arg in ("-S", f"{'' if k in workspace else '+'}{k}={_yaml(v)}")])
-    if to_queue or waiting:
-        start_queue(jobs)
-        last = None
-        while (counts := queue_counts()).get("Queued", 0) + counts.get("Running", 0):
-            if counts != last:
-                print(f"search: queue {', '.join(f'{n} {s.lower()}' for s, n in sorted(counts.items()))}", flush=True)
-                last = counts
-            time.sleep(POLL_SECONDS)
-    finished = experiments(exp_show())
-    return [(r, next((e for e in finished if _same(e.params, r, workspace)), None)) for r in wanted]
+    search = Search(wanted, workspace, jobs, give_up_after)
+    if search.clear(show):
+        show = exp_show()
+    if search.queue_missing(show):
+        search.wait()
+    show = exp_show()
+    if any(i not in search.retried for i in search.failed(show)):  # queued again once (a crash, OOM), then reported
+        if search.clear(show):
+            show = exp_show()
+        if search.queue_missing(show):
+            search.wait()
+        show = exp_show()
+    return search.results(show)
 
 
 def _yaml(value) -> str:
@@ -258,6 +420,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a grid axis, as in `dvc exp run -S` (default: {DEFAULT_GRID})")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="experiments run at once (dvc queue start -j)")
     parser.add_argument("--no-apply", action="store_true", help="rank only; leave the workspace as it is")
+    parser.add_argument("--give-up-after", type=float, default=GIVE_UP_SECONDS, metavar="SECONDS",
+                        help="stop waiting when the queue has had no live worker and no running experiment "
+                             f"process this long (default {GIVE_UP_SECONDS:g})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,11 +435,12 @@ def command(args: argparse.Namespace) -> None:
     """Run the search the arguments describe, rank, write the outputs, apply the best."""
     if args.jobs < 1:
         raise KdflowError(f"--jobs {args.jobs}: must be at least 1")
-    results = run(parse_grid(args.grid) if args.grid else None, args.jobs)
-    failed = [r for r, e in results if e is None]
-    for recipe in failed:
-        print(f"search: FAILED: {_label(recipe)} (see `dvc queue logs`); left out of the ranking")
-    done = [(r, e) for r, e in results if e is not None]
+    results = run(parse_grid(args.grid) if args.grid else None, args.jobs, args.give_up_after)
+    for recipe, _, failure in results:
+        if failure is not None:
+            print(f"search: FAILED: {_label(recipe)} (experiment {failure}), left out of the ranking; "
+                  f"`dvc queue logs {failure}` ends: {logs_tail(failure)}")
+    done = [(r, e) for r, e, _ in results if e is not None]
     if not done:
         raise KdflowError("every recipe failed: see `dvc queue status` and `dvc queue logs <name>`")
     order, setting = choose(done)

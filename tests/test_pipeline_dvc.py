@@ -3,6 +3,7 @@ one `dvc repro` is the `pipeline_repo` fixture (conftest); tests that change it 
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,27 +171,76 @@ def student_val(rev: dict) -> dict[str, list[float]]:
                    if k.startswith("repeat_")] for role, stage in (("distilled", "distill"), ("scratch", "train_scratch"))}
 
 
-def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_resumes(pipeline_repo, reruns, tmp_path):
+def kill_the_queue(repo, spare: int) -> list[str]:
+    """SIGKILL the queue's processes working in ``repo`` (DVC's queue workers, their `dvc exp
+    exec-run` and the stages they run), as the OOM killer or a reboot would; not ``spare`` (the
+    search) nor the search's own `dvc` calls."""
+    import os
+    import signal
+
+    killed = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            inside = os.readlink(f"/proc/{pid}/cwd").startswith(str(repo))
+            command = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+        queue = ("queue-worker", "exec-run", "queue start", "stages.")  # not the search's own `dvc queue status`
+        if inside and int(pid) not in (spare, os.getpid()) and any(part in command for part in queue):
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(command)
+    return killed
+
+
+def test_recipe_search_survives_a_dead_queue_ranks_by_validation_and_applies_the_best(pipeline_repo, reruns, tmp_path):
+    """The search, its queue killed mid-run: it stops instead of waiting forever; the same
+    command clears what the dead queue left, runs each recipe once (a failing one is retried
+    once, then reported), ranks by validation and applies the best."""
+    import subprocess
+    import time
+
     from scipy import stats
 
+    from conftest import _env
+
     repo = copy_repo(pipeline_repo, tmp_path)
-    search = [sys.executable, "-m", "kdflow.search", "-j", "2"]  # the same command as `kdflow search`
-    first = sh([*search, "-S", "alpha=0.2"], repo).stdout
-    assert "2 recipes, 0 already finished or queued, 2 to run" in first  # alpha=0.2 and alpha=1 (always)
-    # A larger grid later: the finished recipes are not run again.
-    second = sh([*search, "-S", "alpha=0.2,0.8"], repo).stdout
-    assert "3 recipes, 2 already finished or queued, 1 to run" in second
+    # alpha = 1 (always added), 0.2 with kd, and 0.2 with FitNets, which fails at run time: the
+    # tiny teacher has no layer `pool` (distill.fitnet.teacher_layer's default).
+    search = [sys.executable, "-m", "kdflow.search", "-S", "alpha=0.2", "-S", "distill.method=kd,fitnet", "-j", "2",
+              "--give-up-after", "5"]
+    first = subprocess.Popen(search, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while list(queue_status(repo).values()).count("Running") < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "two experiments never ran"
+        time.sleep(1)
+    assert any("exec-run" in c for c in kill_the_queue(repo, spare=first.pid))
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "kdflow search: error: the queue made no progress for 5 s (2 running, 1 queued, no live worker, no "
+        "experiment process): run the same command again")
+    dead = queue_status(repo)
+    assert sorted(dead.values()) == ["Queued", "Running", "Running"]  # what the dead queue left, for good
+    assert "Worker status: 0 active, 0 idle" in sh(["dvc", "queue", "status"], repo).stdout
+
+    second = sh(search, repo).stdout
+    assert second.count("was left Running by a queue that died") == 2
+    assert "3 recipes, 1 already finished or queued, 2 to run" in second  # the queued one is not queued again
+    assert "alpha=0.2, distill.method=fitnet: experiment" in second and "removed, queued again once" in second
+    failed = [line for line in second.splitlines() if line.startswith("search: FAILED: ")]
+    assert len(failed) == 1 and "alpha=0.2, distill.method=fitnet" in failed[0]
+    assert "distill.fitnet.teacher_layer = 'pool' is not a teacher layer" in failed[0]
     status = queue_status(repo)
-    assert len(status) == 3 and set(status.values()) == {"Success"}, status
-    for name in status:  # DVC's engine: the teacher and the scratch students come from its cache
-        log = sh(["dvc", "queue", "logs", name], repo).stdout
-        assert stages_run(log) == ALPHA_STAGES, name
-        assert UPSTREAM <= stages_skipped(log), name
+    assert sorted(status.values()) == ["Failed", "Success", "Success"], status  # each recipe once
+    for name in (n for n, state in status.items() if state == "Success"):
+        log = sh(["dvc", "queue", "logs", name], repo).stdout  # the teacher, scratch students: DVC's cache
+        assert stages_run(log) == ALPHA_STAGES and UPSTREAM <= stages_skipped(log), name
 
     revs = {rev["name"]: rev for baseline in json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout)
-            for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
-    by_alpha = {rev["data"]["params"]["params.yaml"]["data"]["alpha"]: name for name, rev in revs.items()}
-    assert set(by_alpha) == {0.2, 0.8, 1.0}
+            for exp in baseline.get("experiments") or [] for rev in exp["revs"] if rev["name"] in status}
+    by_alpha = {rev["data"]["params"]["params.yaml"]["data"]["alpha"]: name for name, rev in revs.items()
+                if status[name] == "Success"}
+    assert set(by_alpha) == {0.2, 1.0}
     # alpha = 1 trains exactly the scratch students: the same weights, so a gain of exactly 0.
     no_kd = student_val(revs[by_alpha[1.0]])
     assert no_kd["distilled"] == no_kd["scratch"]
@@ -205,7 +255,7 @@ def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_re
 
     ranking = json.loads((repo / "selection/ranking.json").read_text())
     ranked = [row["experiment"] for row in ranking]
-    assert sorted(ranked) == sorted(revs)
+    assert sorted(ranked) == sorted(by_alpha.values())
     assert [val_rank(name) for name in ranked] == sorted(map(val_rank, ranked), reverse=True)
     assert (repo / "selection/ranking.png").read_bytes()[:4] == b"\x89PNG"
     rows = [line for line in (repo / "selection/ranking.md").read_text().splitlines() if line.startswith("| ")]
@@ -214,11 +264,19 @@ def test_recipe_search_queues_a_grid_ranks_by_validation_applies_the_best_and_re
     assert applied == revs[ranked[0]]["data"]["params"]["params.yaml"]["data"]["alpha"]
     assert f"search: applied {ranked[0]}" in second
 
-    # Two at a time did not clobber anything: a queued result equals the same experiment run
-    # alone in a workspace, bit for bit.
+    # The same choice as an uninterrupted run: two at a time, after a crash, a queued result
+    # equals the same experiment run alone in a workspace, bit for bit.
     alone = json.loads((reruns["alpha"][0] / "metrics/evaluate.json").read_text())
     queued = revs[by_alpha[0.2]]["data"]["metrics"]["metrics/evaluate.json"]["data"]
     assert without_nulls(alone) == without_nulls(queued)  # `exp show` leaves nulls out
+
+    # A recipe DVC already holds, queued again by hand: dropped, and nothing runs.
+    sh(["git", "checkout", "params.yaml"], repo)
+    sh(["dvc", "exp", "run", "--queue", "-S", "alpha=0.2"], repo)
+    third = sh([*search[:5], "--no-apply"], repo).stdout
+    assert "search: removed 1 queued duplicate(s) of recipes DVC already holds" in third
+    assert "2 recipes, 2 already finished or queued, 0 to run" in third
+    assert sorted(queue_status(repo).values()) == ["Failed", "Success", "Success"]
 
 
 def test_own_npz_data_and_own_teacher_run_end_to_end(byo_repo):
