@@ -258,7 +258,7 @@ class Search:
             dvc("exp", "remove", *removed)
         return bool(removed)
 
-    def queue_missing(self, show: list[dict]) -> int:
+    def queue_missing(self, show: list[dict], quiet: bool = False) -> int:
         """Queue each recipe with no finished, queued or running experiment; drop the queued
         copies of a recipe DVC already has (finished, or queued more than once). Returns the
         number of runs waiting afterwards."""
@@ -274,8 +274,9 @@ class Search:
         if extra:
             print(f"search: removed {len(extra)} queued duplicate(s) of recipes DVC already holds: {', '.join(extra)}")
             dvc("exp", "remove", *extra)
-        print(f"search: {len(self.wanted)} recipes, {len(self.wanted) - len(to_queue)} already finished or queued, "
-              f"{len(to_queue)} to run")
+        if not quiet:
+            print(f"search: {len(self.wanted)} recipes, {len(self.wanted) - len(to_queue)} already finished or "
+                  f"queued, {len(to_queue)} to run")
         for recipe in to_queue:
             # `-S +key=...` adds a key that params.yaml leaves at its default (DVC refuses `-S key=` for it)
             dvc("exp", "run", "--queue", *[arg for k, v in recipe.items()
@@ -283,14 +284,18 @@ class Search:
         return waiting + len(to_queue)
 
     def wait(self) -> None:
-        """Until nothing is queued or running; stops when nothing has made progress (no live
+        """Until nothing is queued or running. A recipe whose run fails is queued again at once
+        (once per search), while the others run. Stops when nothing has made progress (no live
         worker, no live experiment process) for ``give_up_after`` seconds."""
         start_queue(self.jobs)
         last, quiet_since = None, None
-        while (state := queue_state()).waiting:
+        while (state := queue_state()).waiting or self.retry(state):
             if state.counts != last:
                 print(f"search: queue {', '.join(f'{n} {s.lower()}' for s, n in sorted(state.counts.items()))}",
                       flush=True)
+                if state.counts.get("Failed", 0) > (last or {}).get("Failed", 0) and self.retry(state):
+                    last = None
+                    continue
                 last = state.counts
             if state.workers or any(r.state == "running" and alive(r.pid) for r in runs(exp_show())):
                 quiet_since = None
@@ -305,10 +310,17 @@ class Search:
                     "`dvc queue status`, `dvc queue kill <name>`, `dvc exp remove <name>`)")
             time.sleep(POLL_SECONDS)
 
-    def failed(self, show: list[dict]) -> list[int]:
-        finished, all_runs = experiments(show), runs(show)
-        return [i for i, recipe in enumerate(self.wanted) if not self.of(recipe, finished)
-                and any(r.state == "failed" for r in self.of(recipe, all_runs))]
+    def retry(self, state: QueueState) -> bool:
+        """Queue again, once, the recipes whose run failed; True if any was."""
+        if not state.counts.get("Failed"):
+            return False
+        show = exp_show()
+        if not self.clear(show):
+            return False
+        self.queue_missing(exp_show(), quiet=True)
+        if not queue_state().workers:
+            start_queue(self.jobs)
+        return True
 
     def results(self, show: list[dict]) -> list[tuple[dict, Experiment | None, str | None]]:
         """Each recipe with its finished experiment (the first when DVC holds several, which
@@ -344,14 +356,7 @@ def run(grid: dict[str, list] | None, jobs: int, give_up_after: float = GIVE_UP_
         show = exp_show()
     if search.queue_missing(show):
         search.wait()
-    show = exp_show()
-    if any(i not in search.retried for i in search.failed(show)):  # queued again once (a crash, OOM), then reported
-        if search.clear(show):
-            show = exp_show()
-        if search.queue_missing(show):
-            search.wait()
-        show = exp_show()
-    return search.results(show)
+    return search.results(exp_show())
 
 
 def _yaml(value) -> str:

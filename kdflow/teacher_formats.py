@@ -122,9 +122,9 @@ def _saved_model(path: Path, cfg, where: str) -> Loaded:
     if cfg.safe_mode:
         graph = function.graph.as_graph_def()
         ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
-        if ops & UNSAFE_OPS:
-            raise KdflowError(f"{where}: refused: signature '{name}' uses {', '.join(sorted(ops & UNSAFE_OPS))}, which "
-                              "reach the file system or Python. If you trust the SavedModel, set teacher.safe_mode: false")
+        if unsafe := sorted(ops & UNSAFE_OPS):
+            raise KdflowError(f"{where}: refused: signature '{name}' uses {', '.join(unsafe)}, which reach the file "
+                              "system or Python. If you trust the SavedModel, set teacher.safe_mode: false")
     layer = SavedModelTeacher(name, input_key, output_key, spec.dtype.name, out_spec.shape[1], source=str(path),
                               name="teacher_graph")
     return Loaded(layer, f"SavedModel, signature '{name}', output '{output_key}'", tuple(spec.shape[1:]),

@@ -103,17 +103,17 @@ def test_runs_are_read_from_dvcs_executor_state_and_duplicates_are_said(capsys):
         rev["data"]["params"]["params.yaml"]["data"]["distill"] = {"method": "kd"}
         return {"executor": {"state": state, "local": {"pid": pid}}, "name": rev["name"], "revs": [rev]}
 
+    def unfinished(name, alpha, timestamp):
+        return {"rev": name, "name": name, "data": {"timestamp": timestamp, "metrics": {},
+                                                    "params": {"params.yaml": {"data": {"alpha": alpha}}}}}
+
     show = [{"rev": "workspace", "data": {}},
             {"rev": "abc1234", "name": "main", "data": _rev("main", 0.1, scratch, scratch, 0.0)["data"],
              "experiments": [entry(_rev("twice-a", 0.5, [0.92, 0.93], scratch, 0.01), "success"),
                              entry(_rev("twice-b", 0.5, [0.92, 0.93], scratch, 0.01), None),
                              # queued: a commit time (its stash commit's) but no metrics yet
-                             entry({**_rev("waiting", 0.7, [], [], 0.0), "data": {
-                                 "timestamp": "2026-11-24T10:00:00", "params": {"params.yaml": {"data": {"alpha": 0.7}}},
-                                 "metrics": {}}}, "queued"),
-                             entry({**_rev("gone", 0.9, [], [], 0.0), "data": {
-                                 "timestamp": None, "params": {"params.yaml": {"data": {"alpha": 0.9}}}}},
-                                   "running", pid=2**22 + 1)]}]
+                             entry(unfinished("waiting", 0.7, "2026-11-24T10:00:00"), "queued"),
+                             entry(unfinished("gone", 0.9, None), "running", pid=2**22 + 1)]}]
     found = {run.name: run for run in runs(show)}
     assert {name: run.state for name, run in found.items()} == {
         "twice-a": "success", "twice-b": None, "waiting": "queued", "gone": "running"}
@@ -124,4 +124,5 @@ def test_runs_are_read_from_dvcs_executor_state_and_duplicates_are_said(capsys):
     search = Search([{"alpha": 0.5}, {"alpha": 0.7}, {"alpha": 0.9}], workspace, jobs=1, give_up_after=5)
     (_, twice, _), (_, queued, _), (_, running, _) = search.results(show)
     assert twice.name == "twice-a" and queued is None and running is None
-    assert "search: alpha=0.5: 2 finished experiments (twice-a, twice-b): the ranking uses twice-a" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "search: alpha=0.5: 2 finished experiments (twice-a, twice-b): the ranking uses twice-a" in said
