@@ -1,7 +1,8 @@
 """Stage `train_teacher`: train teacher.* on the hard labels -> models/teacher.keras.
 
-With teacher.source: file, the user's model at teacher.path is checked against the prepared
-data and copied instead (no training; its validation numbers go to the metrics). A killed
+With teacher.source: file, the user's model at teacher.path (.keras, .h5 or a SavedModel) is
+imported instead: checked against the prepared data and on its validation images, and saved
+wrapped as a logits model (no training; its validation numbers go to the metrics). A killed
 training run resumes from its last finished epoch."""
 
 from kdflow.architectures import FAMILIES
