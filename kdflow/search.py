@@ -51,6 +51,7 @@ NO_DISTILLATION = {"alpha": 1.0, "distill.method": "kd"}
 POLL_SECONDS = 2  # `dvc queue status` itself takes about a second
 # Waiting stops when the queue has had no live worker and no live experiment process this long.
 GIVE_UP_SECONDS = 60.0
+MAX_MISSES = 5  # polls in a row where `dvc queue status` or `dvc exp show` failed: then its error stands
 
 
 def parse_grid(assignments: list[str]) -> dict[str, list]:
@@ -188,29 +189,35 @@ def start_queue(jobs: int) -> None:
 @dataclass(frozen=True)
 class QueueState:
     counts: dict  # state (Queued, Running, Success, Failed) -> experiments in it
-    workers: int  # live workers, active or idle
+    active: int   # live workers running an experiment
+    idle: int     # live workers waiting for one
 
     @property
     def waiting(self) -> int:
         return self.counts.get("Queued", 0) + self.counts.get("Running", 0)
 
+    @property
+    def moving(self) -> bool:
+        """A worker is running an experiment, or one is there to start a queued one."""
+        return bool(self.active or (self.idle and self.counts.get("Queued")))
+
 
 def queue_state() -> QueueState:
     """What `dvc queue status` lists: the experiments in each state and the live workers."""
     counts: dict[str, int] = {}
-    workers = 0
+    active = idle = 0
     for line in dvc("queue", "status").splitlines():
         if found := re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip()):
-            workers = int(found[1]) + int(found[2])
+            active, idle = int(found[1]), int(found[2])
         elif (state := line.split()[-1] if line.split() else "") in {"Queued", "Running", "Success", "Failed"}:
             counts[state] = counts.get(state, 0) + 1
-    return QueueState(counts, workers)
+    return QueueState(counts, active, idle)
 
 
-def dead(run: Run, workers: int) -> bool:
+def dead(run: Run, active_workers: int) -> bool:
     """A run DVC lists as running that nothing can finish: its process is gone and no worker is
-    alive to collect it (a worker that is alive finishes or fails it itself)."""
-    return run.state == "running" and not alive(run.pid) and workers == 0
+    busy (a busy worker may be collecting it; an idle one is not running it)."""
+    return run.state == "running" and not alive(run.pid) and active_workers == 0
 
 
 def logs_tail(name: str, lines: int = 5) -> str:
@@ -236,15 +243,15 @@ class Search:
     def clear(self, show: list[dict]) -> bool:
         """Remove the runs no worker will ever finish (left running by a dead queue) and, once
         per search, the failed runs of recipes with no finished experiment; True if any was removed."""
-        finished, workers = experiments(show), queue_state().workers
+        finished, active = experiments(show), queue_state().active
         removed = []
         for i, recipe in enumerate(self.wanted):
             if self.of(recipe, finished):
                 continue
             for run in self.of(recipe, runs(show)):
-                if dead(run, workers):
+                if dead(run, active):
                     print(f"search: {_label(recipe)}: experiment {run.name} was left Running by a queue that died "
-                          f"(process {run.pid} is gone, no worker alive): removed, queued again")
+                          f"(process {run.pid} is gone, no worker running it): removed, queued again")
                 elif run.state == "failed" and i not in self.retried:
                     print(f"search: {_label(recipe)}: experiment {run.name} failed ({logs_tail(run.name, 1)}): "
                           "removed, queued again once")
@@ -285,11 +292,23 @@ class Search:
 
     def wait(self) -> None:
         """Until nothing is queued or running. A recipe whose run fails is queued again at once
-        (once per search), while the others run. Stops when nothing has made progress (no live
+        (once per search), while the others run. Stops when nothing has made progress (no busy
         worker, no live experiment process) for ``give_up_after`` seconds."""
         start_queue(self.jobs)
-        last, quiet_since = None, None
-        while (state := queue_state()).waiting or self.retry(state):
+        last, quiet_since, misses = None, None, 0
+        while True:
+            try:  # a queue that just died can leave DVC's state half-written for a moment
+                state = queue_state()
+                if not (state.waiting or self.retry(state)):
+                    break
+                moving = state.moving or any(r.state == "running" and alive(r.pid) for r in runs(exp_show()))
+                misses = 0
+            except KdflowError:
+                misses += 1
+                if misses >= MAX_MISSES:
+                    raise
+                time.sleep(POLL_SECONDS)
+                continue
             if state.counts != last:
                 print(f"search: queue {', '.join(f'{n} {s.lower()}' for s, n in sorted(state.counts.items()))}",
                       flush=True)
@@ -297,7 +316,7 @@ class Search:
                     last = None
                     continue
                 last = state.counts
-            if state.workers or any(r.state == "running" and alive(r.pid) for r in runs(exp_show())):
+            if moving:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.monotonic()
@@ -305,7 +324,7 @@ class Search:
                 running, queued = state.counts.get("Running", 0), state.counts.get("Queued", 0)
                 raise KdflowError(
                     f"the queue made no progress for {self.give_up_after:g} s ({running} running, {queued} queued, "
-                    "no live worker, no experiment process): run the same "
+                    "no busy worker, no experiment process): run the same "
                     "command again, which clears the dead entries and queues their recipes again (by hand: "
                     "`dvc queue status`, `dvc queue kill <name>`, `dvc exp remove <name>`)")
             time.sleep(POLL_SECONDS)
@@ -318,7 +337,7 @@ class Search:
         if not self.clear(show):
             return False
         self.queue_missing(exp_show(), quiet=True)
-        if not queue_state().workers:
+        if not (now := queue_state()).active and not now.idle:
             start_queue(self.jobs)
         return True
 

@@ -131,7 +131,9 @@ def exp_show() -> list[dict]:
     """`dvc exp show --json` of the project in the current directory."""
     shown = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
     if shown.returncode != 0:
-        raise KdflowError(f"`dvc exp show --json` failed: {shown.stderr.strip().splitlines()[-1:]}")
+        lines = shown.stderr.strip().splitlines()
+        said = next((line for line in lines if line.startswith("ERROR")), lines[-1] if lines else "no message")
+        raise KdflowError(f"`dvc exp show --json` failed: {said}")
     return json.loads(shown.stdout)
 
 

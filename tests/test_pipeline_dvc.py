@@ -218,7 +218,7 @@ def test_recipe_search_survives_a_dead_queue_ranks_by_validation_and_applies_the
     assert first.returncode == 1 and "Traceback" not in err
     assert "3 recipes, 1 already finished or queued, 2 to run" in out
     assert err.strip().splitlines()[-1].startswith(
-        "kdflow search: error: the queue made no progress for 1 s (2 running, 0 queued, no live worker, no "
+        "kdflow search: error: the queue made no progress for 1 s (2 running, 0 queued, no busy worker, no "
         "experiment process): run the same command again")
     assert sorted(queue_status(repo).values()) == ["Running", "Running"]  # what the dead queue left, for good
     assert "Worker status: 0 active, 0 idle" in sh(["dvc", "queue", "status"], repo).stdout
