@@ -209,6 +209,18 @@ def copy_repo(repo: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def write_user_npz(repo: Path, per_class: int) -> None:
+    """``inputs/mine.npz`` in ``repo``: RGB 10x10 uint8 images of the classes ant, bee and cow
+    (string labels), class c marked by its bright column c."""
+    (repo / "inputs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["ant", "bee", "cow"]), per_class)
+    x = rng.integers(0, 80, size=(len(labels), 10, 10, 3), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        x[i, :, "abc".index(label[0])] = 255
+    np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
+
+
 def make_byo_repo(repo: Path) -> Path:
     """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own teacher as a user
     brings one: a legacy .h5 file, expecting pixels in [0, 255], ending in a Softmax layer,
@@ -216,13 +228,7 @@ def make_byo_repo(repo: Path) -> Path:
     which sits inside the teacher's wrapper): the other code paths of every stage."""
     import keras
 
-    (repo / "inputs").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.array(["ant", "bee", "cow"]), 20)
-    x = rng.integers(0, 80, size=(len(labels), 10, 10, 3), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        x[i, :, "abc".index(label[0])] = 255
-    np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
+    write_user_npz(repo, per_class=20)
     # Hand-set weights: class c's score is the brightness of column c, on the 0-255 scale.
     inputs = keras.Input((10, 10, 3))
     features = keras.layers.Flatten(name="features")(inputs)

@@ -356,16 +356,10 @@ class HighResGraphTeacher(tf.Module):
 def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeypatch):
     """A user's own data and a SavedModel teacher of another resolution, range and class order:
     `dvc repro` stops at train_teacher naming both settings, then caches its outputs."""
-    from conftest import make_repo, sh
+    from conftest import make_repo, sh, write_user_npz
 
     repo = tmp_path / "repo"
-    (repo / "inputs").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.array(["ant", "bee", "cow"]), 40)
-    x = rng.integers(0, 80, size=(len(labels), 10, 10, 3), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        x[i, :, "abc".index(label[0])] = 255
-    np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
+    write_user_npz(repo, per_class=40)
     module = HighResGraphTeacher()
     tf.saved_model.save(module, str(repo / "inputs/graph"), signatures={"serving_default": module.serve})
     make_repo(repo, commit=False,
