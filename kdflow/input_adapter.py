@@ -5,10 +5,11 @@ plain Keras layers, so the saved model loads with safe_mode and the export carri
 
 from __future__ import annotations
 
-from kdflow.params import InputRange, MeanStd
+from kdflow.errors import KdflowError
+from kdflow.params import STANDARD_RANGE_NAMES, InputRange, MeanStd
 
 # name -> (scale, offset): the model sees pixel * scale + offset
-STANDARD_RANGES = {"unit": (1.0, 0.0), "byte": (255.0, 0.0), "symmetric": (2.0, -1.0)}
+STANDARD_RANGES = dict(zip(STANDARD_RANGE_NAMES, [(1.0, 0.0), (255.0, 0.0), (2.0, -1.0)]))
 # keras.applications' "torch" mode (ConvNeXt, ...): the usual ImageNet statistics.
 IMAGENET = MeanStd(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
@@ -48,8 +49,6 @@ def layers(input_range: InputRange, image_size: list[int] | None = None, channel
 
     found = []
     if isinstance(input_range, MeanStd) and channels is not None and len(input_range.mean) not in (1, channels):
-        from kdflow.errors import KdflowError
-
         raise KdflowError(f"input_range: mean/std give {len(input_range.mean)} values, but the images have "
                           f"{channels} channels")
     if input_range != "unit":

@@ -96,7 +96,8 @@ class MeanStd(StrictSection):
 
 
 # The pixel range a model expects (kdflow.input_adapter): the prepared images are in [0, 1].
-InputRange = Union[Literal["unit", "byte", "symmetric"], MeanStd]
+STANDARD_RANGE_NAMES = ("unit", "byte", "symmetric")  # [0, 1], [0, 255], [-1, 1]
+InputRange = Union[Literal[STANDARD_RANGE_NAMES], MeanStd]  # type: ignore[valid-type]
 
 
 class ModelParams(ExtensionSection):
@@ -119,7 +120,7 @@ class ModelParams(ExtensionSection):
             except ValidationError as exc:
                 messages = (error["msg"].removeprefix("Value error, ") for error in exc.errors())
                 raise ValueError("; ".join(messages)) from None
-        if value not in ("unit", "byte", "symmetric") and not isinstance(value, MeanStd):
+        if value not in STANDARD_RANGE_NAMES and not isinstance(value, MeanStd):
             raise ValueError(f"{value!r}: give unit, byte, symmetric or {{mean: [...], std: [...]}}")
         return value
 

@@ -105,7 +105,7 @@ def _saved_model(path: Path, cfg, where: str) -> Loaded:
     except Exception as exc:  # TensorFlow raises many types for a damaged SavedModel
         raise KdflowError(f"{where}: the SavedModel could not be loaded ({first_line(exc)})") from None
     signatures = sorted(loaded.signatures)
-    name = _choose(cfg.signature, signatures, "serving_default", where, "teacher.signature", "signatures")
+    name = _choose(cfg.signature, signatures, "serving_default", path, "teacher.signature", "signatures")
     function = loaded.signatures[name]
     _, inputs = function.structured_input_signature
     if len(inputs) != 1:
@@ -113,7 +113,7 @@ def _saved_model(path: Path, cfg, where: str) -> Loaded:
                           "a teacher takes one image input")
     (input_key, spec), = inputs.items()
     outputs = function.structured_outputs
-    output_key = _choose(cfg.output_key, sorted(outputs), None, where, "teacher.output_key",
+    output_key = _choose(cfg.output_key, sorted(outputs), None, path, "teacher.output_key",
                          f"outputs of signature '{name}'")
     out_spec = outputs[output_key]
     if len(spec.shape) != 4 or len(out_spec.shape) != 2 or out_spec.shape[1] is None:
@@ -131,10 +131,12 @@ def _saved_model(path: Path, cfg, where: str) -> Loaded:
                   int(out_spec.shape[1]))
 
 
-def _choose(given: str | None, names: list[str], default: str | None, where: str, key: str, what: str) -> str:
+def _choose(given: str | None, names: list[str], default: str | None, path: Path, key: str, what: str) -> str:
+    """``given`` if it is one of ``names``, else the only name, else ``default``: one line otherwise."""
+    where = f"teacher.path = {path}"
     if given is not None:
         if given not in names:
-            raise KdflowError(f"{key} = {given!r}: not among the {what} of {where.split(' = ', 1)[1]}: "
+            raise KdflowError(f"{key} = {given!r}: not among the {what} of {path}: "
                               f"{', '.join(names)}")
         return given
     if len(names) == 1:

@@ -401,3 +401,16 @@ def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeyp
     assert np.array_equal(cached, soft_targets.compute(teacher, data)["val"])
     own = module.serve(tf.image.resize(x_val, (20, 20)) * 255.0)["probs"].numpy()[:, [1, 2, 0]]
     np.testing.assert_allclose(softmax(cached.astype(np.float64), axis=1), own, atol=1e-5)
+
+
+def test_a_per_channel_mean_std_is_applied_channel_by_channel():
+    from kdflow.architectures import build
+
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    student = build(validated(student={"arch": "repo_student", "input_range": imagenet}).student, (4, 4, 3), 3, "s")
+    x = np.random.default_rng(0).uniform(size=(2, 4, 4, 3)).astype(np.float32)
+    mapped = keras.Model(student.inputs, student.get_layer("input_range").output)(x).numpy()
+    expected = (x - np.array(imagenet["mean"], np.float32)) / np.array(imagenet["std"], np.float32)
+    np.testing.assert_allclose(mapped, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(KdflowError, match="mean/std give 3 values, but the images have 1 channels"):
+        build(validated(student={"arch": "repo_student", "input_range": imagenet}).student, SHAPE, 3, "s")
