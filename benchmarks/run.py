@@ -4,6 +4,8 @@
     python -m benchmarks.run --no-grid      # without the 3x3 queued grid (~55 min)
     python -m benchmarks.run --speed-only   # only the training-speed ratios (~7 min per run)
     python -m benchmarks.run --scale        # only the data sizes: every stage at 1x, 4x, 16x (~15 min)
+    python -m benchmarks.run --sizes        # only real resolutions: MobileNetV3Small from EfficientNetV2B0
+                                            # at 64, 96, 128 px (benchmarks/sizes.py, ~20 min)
     python -m benchmarks.run --quick        # tiny settings, one run: checks that it works (~5 min)
 
 Run from the project root (it imports kdflow from there).
@@ -625,7 +627,16 @@ def main() -> None:
                         help="only the training-speed ratios (no pipeline, memory or start-up)")
     parser.add_argument("--scale", action="store_true",
                         help="only the data-size measurements: every stage at 1x, 4x, 16x the data, shards vs memory")
+    parser.add_argument("--sizes", action="store_true",
+                        help="only real resolutions: a MobileNetV3Small student at 64, 96 and 128 px (benchmarks/sizes.py)")
     args = parser.parse_args()
+    if args.sizes:
+        from benchmarks.sizes import sizes_report
+
+        with contextlib.redirect_stdout(sys.stderr):
+            report = sizes_report(args.quick)
+        print(json.dumps(report, indent=2))
+        return
     if args.scale:
         print(json.dumps(scale_report(args.quick), indent=2))
         return

@@ -1,7 +1,8 @@
 """The architecture families (an extension point, kdflow.registry) and the named presets.
 
 A family is one entry: its name, its params section (the knobs of ``arch: <family>``, given as
-the ``<family>:`` sub-section of ``teacher`` or ``student``) and its builder, which takes the
+the ``<family>:`` sub-section of ``teacher`` or ``student``, or for a ``flat`` family as keys
+beside ``arch``, as the keras.applications take ``width`` and ``weights``) and its builder, which takes the
 image tensor and returns the logits tensor (the softmax lives in the loss); ``build`` makes the
 model around it, with the model's input convention (``input_range``) as its first layer. A preset names a family with
 fixed knobs (``resnet20``). Every model takes its input shape and class count from the prepared
@@ -13,10 +14,12 @@ Adding a family: a section class, a builder, one ``FAMILIES.add`` line (docs/ext
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from pydantic import Field, model_validator
 
+from kdflow.errors import KdflowError
 from kdflow.params import ModelParams, StrictSection, TeacherParams, compose_section
 from kdflow.registry import Registry
 
@@ -26,6 +29,7 @@ class Family:
     name: str
     section: type[StrictSection]
     build: Callable[[Any, Any, int], Any]  # (knobs, image tensor, classes) -> logits tensor
+    flat: bool = False  # its section's keys sit beside `arch` (optional, with their defaults)
 
 
 @dataclass(frozen=True)
@@ -127,15 +131,108 @@ def build_resnet(spec: ResNetSpec, image, num_classes: int):
     return keras.layers.Dense(num_classes, name="logits")(h)
 
 
+
+# ---- keras.applications: the backbones people ship ----------------------------------------------------
+
+class ApplicationKnobs(StrictSection):
+    """A keras.applications backbone (``include_top=False``, global average pooling), optional
+    dropout, then a new Dense(num_classes) logits layer. These keys sit beside ``arch``."""
+
+    width: float = Field(1.0, gt=0, le=4)  # the MobileNets' alpha (width multiplier); 1 for the others
+    dropout: float = Field(0.0, ge=0, lt=1)  # before the logits layer
+    # The backbone's starting weights: null (random), imagenet (downloaded by Keras: needs the
+    # internet), or the path of a weights file for this backbone without its top (as Keras
+    # distributes them: the `..._no_top.h5` files).
+    weights: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Application:
+    """How kdflow builds one keras.applications model: the pixels it expects (mapped from the
+    pipeline's [0, 1] by a Rescaling layer; its own normalisation is inside the model: its
+    ``include_preprocessing`` where it has one), and whether it takes a width (alpha)."""
+
+    pixels: str  # input_adapter's name of the range: byte = [0, 255], symmetric = [-1, 1]
+    takes_width: bool = False
+    include_preprocessing: bool = False
+
+
+# The smallest input keras.applications build for (their min_size; MobileNetV3 needs 32 px).
+APPLICATION_MIN_SIZE = 32
+APPLICATIONS: dict[str, Application] = {
+    "MobileNetV2": Application("symmetric", takes_width=True),  # its preprocess_input: [-1, 1]
+    "MobileNetV3Small": Application("byte", takes_width=True, include_preprocessing=True),
+    "MobileNetV3Large": Application("byte", takes_width=True, include_preprocessing=True),
+    # EfficientNet (V1) rescales and normalises inside the model: it takes [0, 255]
+    **{f"EfficientNetB{i}": Application("byte") for i in range(4)},
+    **{f"EfficientNetV2B{i}": Application("byte", include_preprocessing=True) for i in range(4)},
+    "ResNet50V2": Application("symmetric"),  # its preprocess_input: [-1, 1]
+    "ConvNeXtTiny": Application("byte", include_preprocessing=True),
+}
+
+
+def application_builder(name: str) -> Callable[[ApplicationKnobs, Any, int], Any]:
+    def build(knobs: ApplicationKnobs, image, num_classes: int):
+        import keras
+
+        from kdflow import input_adapter
+
+        app = APPLICATIONS[name]
+        height, width, channels = image.shape[1:]
+        if min(height, width) < APPLICATION_MIN_SIZE:
+            raise KdflowError(f"arch = {name}: needs images of at least {APPLICATION_MIN_SIZE}x{APPLICATION_MIN_SIZE} "
+                              f"pixels, the model gets {height}x{width} (set data.image_size)")
+        options: dict[str, Any] = {}
+        if app.takes_width:
+            options["alpha"] = knobs.width
+        elif knobs.width != 1.0:
+            raise KdflowError(f"width = {knobs.width:g}: {name} takes no width (only the MobileNets do)")
+        if app.include_preprocessing:
+            options["include_preprocessing"] = True
+        weights = knobs.weights
+        if weights not in (None, "imagenet") and not Path(weights).is_file():
+            raise KdflowError(f"weights = {weights}: no such file (give null, imagenet, or a weights file)")
+        try:
+            backbone = getattr(keras.applications, name)(
+                include_top=False, weights=weights, input_shape=(height, width, channels), pooling="avg", **options)
+        except Exception as exc:  # Keras raises ValueError for a mismatch, Exception for a failed download
+            raise KdflowError(f"weights = {weights}: {_weights_problem(exc, weights, name)}") from None
+        h = backbone(input_adapter.apply(image, input_adapter.layers(app.pixels)))
+        if knobs.dropout > 0:
+            h = keras.layers.Dropout(knobs.dropout, name="dropout")(h)
+        return keras.layers.Dense(num_classes, name="logits")(h)
+
+    return build
+
+
+def _weights_problem(exc: Exception, weights: str | None, name: str) -> str:
+    from kdflow.artifacts import first_line
+
+    text = first_line(exc)
+    if weights == "imagenet" and ("URL fetch failure" in text or "http" in text.lower()):
+        return (f"Keras could not download {name}'s ImageNet weights (offline?): download its no-top "
+                "weights file where you are online and give its path")
+    if weights not in (None, "imagenet"):
+        return f"not weights for this {name} ({text})"
+    return text
+
 # ---- the registry -------------------------------------------------------------------------------------
 
 def _compose(families: Registry[Family]) -> dict[str, type]:
     """``teacher`` and ``student``: ``arch`` (a preset or a family) and one optional sub-section
-    per family, given exactly when ``arch`` names that family."""
+    per family, given exactly when ``arch`` names that family; the keys of the flat families'
+    sections beside ``arch``, given only when ``arch`` names a flat family."""
     arch = Literal[(*PRESETS, *families.names())]  # type: ignore[valid-type]
+    nested = [family for family in families if not family.flat]
+    flat_sections = list(dict.fromkeys(family.section for family in families if family.flat))
 
     def check(self):
-        for family in families:
+        if not (self.arch in families and families[self.arch].flat):
+            for section in flat_sections:
+                for key, field in section.model_fields.items():
+                    if getattr(self, key) != field.default:
+                        raise ValueError(f"{key} applies to a keras.applications arch, not {self.arch}")
+        for family in nested:
             given = getattr(self, family.name) is not None
             if self.arch == family.name and not given:
                 raise ValueError(f"arch '{family.name}' needs a '{family.name}' section (see docs/params.md)")
@@ -145,8 +242,8 @@ def _compose(families: Registry[Family]) -> dict[str, type]:
 
     def sections(base: type[ModelParams]) -> type:
         fields = {"arch": (arch, base.model_fields["arch"].default),
-                  **{f.name: (Optional[f.section], None) for f in families}}
-        return compose_section(base.__name__, (base,), fields, check)
+                  **{f.name: (Optional[f.section], None) for f in nested}}
+        return compose_section(base.__name__, (base, *flat_sections), fields, check)
 
     return {"teacher": sections(TeacherParams), "student": sections(ModelParams)}
 
@@ -154,6 +251,8 @@ def _compose(families: Registry[Family]) -> dict[str, type]:
 FAMILIES: Registry[Family] = Registry("architecture family", "arch", _compose)
 FAMILIES.add(Family("spec", ArchSpec, build_from_spec))
 FAMILIES.add(Family("resnet", ResNetSpec, build_resnet))
+for _name in APPLICATIONS:
+    FAMILIES.add(Family(_name, ApplicationKnobs, application_builder(_name), flat=True))
 
 # The two reference workflows' models (docs/params.md) and small ResNets, as fixed knobs of a family.
 PRESETS: dict[str, Preset] = {
@@ -175,7 +274,10 @@ def resolve(cfg) -> tuple[Family, StrictSection]:
     preset = PRESETS.get(cfg.arch)
     if preset is not None:
         return FAMILIES[preset.family], preset.knobs
-    return FAMILIES[cfg.arch], getattr(cfg, cfg.arch)
+    family = FAMILIES[cfg.arch]
+    if family.flat:
+        return family, family.section(**{key: getattr(cfg, key) for key in family.section.model_fields})
+    return family, getattr(cfg, cfg.arch)
 
 
 def build(cfg, input_shape: tuple[int, ...], num_classes: int, name: str):
@@ -185,6 +287,17 @@ def build(cfg, input_shape: tuple[int, ...], num_classes: int, name: str):
     from kdflow import input_adapter
 
     family, knobs = resolve(cfg)
+    if family.flat and cfg.input_range != "unit":
+        raise KdflowError(f"{_section(name)}.input_range = {cfg.input_range}: {cfg.arch} maps the [0, 1] images to "
+                          "its own input convention inside the model: leave input_range unit")
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     image = input_adapter.apply(inputs, input_adapter.layers(cfg.input_range, channels=input_shape[-1]))
-    return keras.Model(inputs, family.build(knobs, image, int(num_classes)), name=name)
+    try:
+        logits = family.build(knobs, image, int(num_classes))
+    except KdflowError as exc:
+        raise KdflowError(f"{_section(name)}.{exc}") from None
+    return keras.Model(inputs, logits, name=name)
+
+
+def _section(role: str) -> str:
+    return "teacher" if role == "teacher" else "student"

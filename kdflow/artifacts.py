@@ -34,7 +34,7 @@ def save_model(path: str | Path, model: Any) -> None:
     # graph cannot be rebuilt from a config (it travels as the layer's assets).
     if not any(isinstance(layer, SavedModelTeacher) for layer in model.layers):
         # from_config of the plain Model class: a functional model, whatever class trained it.
-        clean = keras.Model.from_config(model.get_config())
+        clean = keras.Model.from_config(float32_config(model.get_config()))
         clean.set_weights(model.get_weights())
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "model.keras"
@@ -46,6 +46,18 @@ def save_model(path: str | Path, model: Any) -> None:
     members["metadata.json"] = json.dumps(meta, sort_keys=True).encode()
     with atomic_path(path) as tmp:
         write_fixed_zip(tmp, members)
+
+
+def float32_config(config: Any) -> Any:
+    """A model's config with every mixed precision dtype policy made float32 (its weights are
+    float32 already): the model trained under runtime.precision, saved as it is served."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [float32_config(value) for value in config]
+    return config
 
 
 def first_line(exc: BaseException) -> str:

@@ -31,6 +31,11 @@ def setup(runtime: RuntimeParams) -> None:
     malformed TF_CONFIG stops here, before TensorFlow is imported; with the default strategy
     nothing is imported at all."""
     global _strategy
+    if runtime.precision != "float32":
+        import keras
+
+        keras.mixed_precision.set_dtype_policy(runtime.precision)
+        print(f"runtime: {runtime.precision} precision (float32 weights, losses and saved models)", flush=True)
     if runtime.strategy == "default":
         _strategy = None
         return

@@ -81,7 +81,9 @@ class TrainingModel(keras.Model):
         getattr(self, f"{term}_tracker").update_state(values)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        per_sample = self.objective.per_sample(y, y_pred, self._track)
+        # Under a mixed precision policy the outputs are 16-bit: every loss (the softmax with
+        # temperature included) is computed in float32.
+        per_sample = self.objective.per_sample(y, as_float32(y_pred), self._track)
         # Sum over the replica's samples / the global batch size: the mean over the global batch
         # once the replicas' gradients are summed (tf.distribute's rule; a no-op on one device).
         loss = tf.nn.compute_average_loss(per_sample)
@@ -90,8 +92,12 @@ class TrainingModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        self.accuracy_tracker.update_state(y[LABELS], self.objective.logits(y_pred))
+        self.accuracy_tracker.update_state(y[LABELS], self.objective.logits(as_float32(y_pred)))
         return self.get_metrics_result()
+
+
+def as_float32(outputs):
+    return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), outputs)
 
 
 def training_model(network: keras.Model, objective: Objective = HARD_LABELS) -> TrainingModel:

@@ -180,10 +180,21 @@ class AugmentParams(StrictSection):
     shift: float = Field(0.1, ge=0, lt=0.5)
     flip: bool = False                        # random horizontal flip (not for digits!)
     crop: int = Field(0, ge=0)                # pad by `crop` pixels, then random crop back (= random shift of up to `crop` whole pixels)
+    # [min, max] area: a fresh random-resized crop of each image every epoch (the `crop` view
+    # kind, drawn from (seed, image, epoch); flipped with `flip`); null = off
+    crop_scale: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _crop_scale(self) -> "AugmentParams":
+        if self.crop_scale is not None and (len(self.crop_scale) != 2 or
+                                            not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            raise ValueError(f"crop_scale = {self.crop_scale}: must be [min, max] with 0 < min <= max <= 1")
+        return self
 
     @property
     def enabled(self) -> bool:
-        return self.shift > 0 or self.flip or self.crop > 0
+        """Whether any of the Keras augmentation layers is on (crop_scale is not one of them)."""
+        return self.shift > 0 or (self.flip and self.crop_scale is None) or self.crop > 0
 
 
 class ViewsParams(ExtensionSection):
@@ -223,6 +234,17 @@ class TeacherTrainParams(TrainParams):
     # outputs, and with them the students' soft targets. Students always train on plain labels.
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: AugmentParams = AugmentParams()
+    # Fine-tuning a pretrained teacher (teacher.weights): the first freeze_epochs train only the
+    # logits layer, the rest train every layer at fine_tune_lr_scale * learning_rate (Keras'
+    # transfer-learning recipe: a lower rate once the pretrained layers move). 0 = all layers throughout.
+    freeze_epochs: int = Field(0, ge=0)
+    fine_tune_lr_scale: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _some_epochs_unfrozen(self) -> "TeacherTrainParams":
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs = {self.freeze_epochs}: must be less than epochs ({self.epochs})")
+        return self
 
 
 class DistillParams(ExtensionSection):
@@ -244,6 +266,9 @@ class RuntimeParams(StrictSection):
     # logical devices) | multi_worker: the hosts named by the TF_CONFIG environment variable
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_replicas: int = Field(1, ge=1, le=64)
+    # Keras' dtype policy while training: mixed_* computes the layers in 16 bits with float32
+    # weights (the losses stay float32; float16 gets Keras' loss scaling). Saved models are float32.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
 class Params(StrictSection):

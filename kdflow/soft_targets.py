@@ -8,9 +8,10 @@ teacher's features at one layer too: `distill` computes them with ``features`` (
 over the same views), so the cache, and the stage that writes it, do not depend on the method.
 
 Stored as shards (``data/soft_targets/<key>-00000.npy``, ..., ``kdflow.shards``) with a
-``meta.json`` naming the prepared data they were computed on. ``distill`` loads them whole:
-views x classes floats per image (320 bytes at 8 views and 10 classes). ``views.top_k`` stores
-only each view's top k logits on disk; ``load`` expands them back to every class in memory.
+``meta.json`` naming the prepared data they were computed on. ``distill`` reads the training
+split's outputs a batch at a time from the shards, as it reads the images, so its memory does
+not grow with images x views x classes. ``views.top_k`` stores only each view's top k logits;
+they are expanded back to every class per batch (``TopKLogits``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,28 @@ def full_logits(values: np.ndarray, classes: np.ndarray, rest: np.ndarray, num_c
     return logits
 
 
+class TopKLogits:
+    """The training split's cached top-k outputs, read as full logits: rows (``take``) are
+    read from the shards and expanded to every class on the fly, as the student's batches ask."""
+
+    def __init__(self, parts: dict[str, ShardedArray], num_classes: int):
+        self.parts, self.num_classes = parts, num_classes
+        self.shape = (*parts["train_rest"].shape, num_classes)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, index) -> np.ndarray:
+        return full_logits(*(self.parts[key].take(index) for key in TOP_K_KEYS), self.num_classes)
+
+    __getitem__ = take
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self.take(slice(None))
+        return whole if dtype is None else whole.astype(dtype)
+
+
 META = "meta.json"
 
 
@@ -135,7 +158,11 @@ def save(cache: dict[str, np.ndarray], data: Prepared, path: Path = SOFT_TARGETS
 
 
 def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {key: ShardedArray(path, key, produced_by="soft_targets")[:] for key in keys}
+    return {key: _rows(path, key)[:] for key in keys}
+
+
+def _rows(path: Path, key: str) -> ShardedArray:
+    return ShardedArray(path, key, produced_by="soft_targets")
 
 
 RERUN = "rerun `dvc repro soft_targets`"
@@ -151,14 +178,15 @@ def check_data(data: Prepared, path: Path = SOFT_TARGETS_DIR) -> dict:
 
 def load(data: Prepared, views: Views | None, path: Path = SOFT_TARGETS_DIR) -> dict[str, np.ndarray]:
     """The cache, checked against the prepared data and against ``views`` (the view table the
-    student side derived from the params: it must be the one the teacher saw)."""
+    student side derived from the params: it must be the one the teacher saw). The validation
+    outputs are in memory; the training split's are read from disk by rows (a ``ShardedArray``,
+    or ``TopKLogits`` for a top-k cache)."""
     stored = set(check_data(data, path).get("keys", ()))
     arrays = _read(path, ("val",))
     if "train" in stored:
-        arrays.update(_read(path, ("train",)))
+        arrays["train"] = _rows(path, "train")
     else:  # cached as the top k (views.top_k)
-        top = _read(path, TOP_K_KEYS)
-        arrays["train"] = full_logits(*(top[key] for key in TOP_K_KEYS), data.num_classes)
+        arrays["train"] = TopKLogits({key: _rows(path, key) for key in TOP_K_KEYS}, data.num_classes)
     if views is not None:
         cached_table = _read(path, (VIEW_TABLE,))[VIEW_TABLE] if VIEW_TABLE in stored else None
         if cached_table is None or not np.array_equal(cached_table, views.table):

@@ -33,9 +33,51 @@ def train(cfg, train_cfg: TeacherTrainParams, seed: int, data: Prepared, log_dir
         model = architectures.build(cfg, data.input_shape, data.num_classes, name="teacher")
         goal = Objective(label_smoothing=train_cfg.label_smoothing)
         trained = training_model(with_augmentation(model, train_cfg.augment, seed), goal)
+        crops = epoch_crops(train_cfg, seed, data)
+        head_summary = None
+        if train_cfg.freeze_epochs:  # the logits layer alone first, then everything at a lower rate
+            _train_only_logits(model, True)
+            head_cfg = train_cfg.model_copy(update={"epochs": train_cfg.freeze_epochs, "patience": None})
+            head_summary = fit_prepared(trained, data, head_cfg, "train_teacher", seed, callbacks=callbacks,
+                                        checkpoint=run_dir / "teacher_head.npz" if run_dir is not None else None,
+                                        views=crops)
+            _train_only_logits(model, False)
+            train_cfg = train_cfg.model_copy(update={
+                "epochs": train_cfg.epochs - train_cfg.freeze_epochs,
+                "learning_rate": train_cfg.learning_rate * train_cfg.fine_tune_lr_scale})
         summary = fit_prepared(trained, data, train_cfg, "train_teacher", seed, callbacks=callbacks,
-                               checkpoint=run_dir / "teacher.npz" if run_dir is not None else None)
+                               checkpoint=run_dir / "teacher.npz" if run_dir is not None else None,
+                               views=crops if crops is None else crops.after(train_cfg.freeze_epochs))
+    if head_summary is not None:
+        summary = {**summary, "epochs_run": head_summary["epochs_run"] + summary["epochs_run"],
+                   "best_epoch": head_summary["epochs_run"] + summary["best_epoch"],
+                   "head_only_epochs": head_summary["epochs_run"]}
     return model, summary
+
+
+def epoch_crops(train_cfg: TeacherTrainParams, seed: int, data: Prepared):
+    """train_teacher.augment.crop_scale: one random-resized crop of every image per epoch (the
+    views' ``crop`` kind), or None."""
+    augment = train_cfg.augment
+    if augment.crop_scale is None:
+        return None
+    from kdflow import views
+
+    # one view per epoch (unvalidated: views.count's bound is for cached views, and the crop
+    # knobs were validated as train_teacher.augment's)
+    cfg = views.VIEW_KINDS.sections["views"].model_construct(count=train_cfg.epochs, kind="crop",
+                                                             scale=augment.crop_scale, flip=augment.flip)
+    # a stream of its own: the teacher's crops are not the students' views
+    return views.EpochViews(views.table(seed + views.TEACHER_CROP_STREAM, len(data.xy("train")[1]), cfg,
+                                        data.input_shape), cfg)
+
+
+def _train_only_logits(model: keras.Model, only: bool) -> None:
+    """Freeze every layer but the logits layer (``only``), or unfreeze them all. A frozen
+    BatchNormalization layer also runs in inference mode (Keras' rule for fine-tuning)."""
+    for layer in model.layers:
+        if layer.weights and layer.name != "logits":
+            layer.trainable = not only
 
 
 def import_file(cfg, seed: int, data: Prepared, log=print) -> tuple[keras.Model, dict]:
@@ -130,7 +172,7 @@ def with_augmentation(model: keras.Model, augment: AugmentParams, seed: int) -> 
     if augment.shift:
         layers.append(keras.layers.RandomTranslation(augment.shift, augment.shift, fill_mode="constant",
                                                      seed=seed + 1, name="augment_shift"))
-    if augment.flip:
+    if augment.flip and augment.crop_scale is None:  # with crop_scale, the crops are flipped
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2, name="augment_flip"))
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     h = inputs

@@ -39,7 +39,9 @@ MONITOR = "val_hard_ce"
 # steps was ~40% of a step on 2 CPU cores (docs/performance.md).
 STEPS_PER_EXECUTION = 16
 
-Targets = Mapping[str, np.ndarray]  # see kdflow.objective: labels (+ teacher_logits, teacher_features)
+# see kdflow.objective: labels (+ teacher_logits, teacher_features); a target may be rows on disk
+# (anything with shape, dtype float32 and take(rows): the teacher's cached outputs)
+Targets = Mapping[str, np.ndarray]
 Images = np.ndarray | ShardedArray  # in memory, or the prepared images on disk
 
 
@@ -76,7 +78,8 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     targets = {key: _as_target(key, value) for key, value in targets.items()}
     share = _replica_share(replicas)
     rows = _row_reader(x)
-    t_all = {key: tf.constant(value) for key, value in targets.items()}
+    # in memory: one TF copy; on disk (the teacher's cached outputs): read per batch, as the images
+    t_all = {key: _row_reader(value, as_tensor=tf.constant) for key, value in targets.items()}
     n = len(x)
     if views is not None:
         view_table = tf.constant(views.table)
@@ -102,10 +105,12 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     def gather(idx, view=None):
         images = rows(idx)
         if view is None:
-            return images, {key: tf.gather(t, idx) for key, t in t_all.items()}
+            return images, {key: read(idx) for key, read in t_all.items()}
         at = tf.stack([idx, view], axis=1)
         images = views.apply(images, tf.gather_nd(view_table, at))
-        return images, {key: tf.gather(t, idx) if key == LABELS else tf.gather_nd(t, at) for key, t in t_all.items()}
+        # every view of each row, then the row's view: [b, views, ...] -> [b, ...]
+        return images, {key: read(idx) if key == LABELS else tf.gather(read(idx), view, batch_dims=1)
+                        for key, read in t_all.items()}
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
@@ -113,16 +118,19 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _row_reader(x: Images):
-    """idx -> the images of those rows, as a TF function of the index batch."""
+def _row_reader(x, as_tensor=None):
+    """idx -> the rows of ``x`` (the images, or a target), as a TF function of the index batch:
+    gathered from one TF copy of an array in memory (``as_tensor``; default: the images' shared
+    copy), or read through ``x.take`` from disk (a ShardedArray, kdflow.soft_targets.TopKLogits)."""
     if isinstance(x, np.ndarray):
-        x_all = _images_as_tensor(x)
+        x_all = (as_tensor or _images_as_tensor)(x)
         return lambda idx: tf.gather(x_all, idx)
+    dtype = tf.as_dtype(x.dtype)
 
     def read(idx):
-        images = tf.numpy_function(x.take, [idx], tf.float32, stateful=False)
-        images.set_shape([None, *x.shape[1:]])
-        return images
+        found = tf.numpy_function(x.take, [idx], dtype, stateful=False)
+        found.set_shape([None, *x.shape[1:]])
+        return found
     return read
 
 
@@ -147,7 +155,9 @@ def _replica_share(context: tf.distribute.InputContext | None):
     return share
 
 
-def _as_target(key: str, value: np.ndarray) -> np.ndarray:
+def _as_target(key: str, value):
+    if hasattr(value, "take") and not isinstance(value, np.ndarray) and value.dtype == np.float32:
+        return value  # rows on disk, read per batch
     return np.asarray(value, dtype=np.int32 if key == LABELS else np.float32)
 
 
@@ -211,6 +221,8 @@ class _Steps:
                 y_pred = model(x, training=True)
                 loss = model.compute_loss(x, y, y_pred, training=True)  # / the global batch: scaled once
                 track_loss(x, loss)
+                if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):  # mixed_float16
+                    loss = model.optimizer.scale_loss(loss)  # apply_gradients unscales (and skips inf steps)
             variables = model.trainable_variables
             model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))  # all-reduces
             model.compute_metrics(x, y, y_pred)
@@ -283,11 +295,15 @@ def fit(
         # repeat for the default student on 2 cores.
         for variable in model.optimizer.variables:
             variable.assign(tf.zeros_like(variable))
+        if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            model.optimizer.dynamic_scale.assign(model.optimizer.initial_scale)
     else:
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch, alpha=cfg.lr_floor
         )
         model.optimizer = keras.optimizers.Adam(schedule, amsgrad=cfg.amsgrad)
+        if keras.mixed_precision.dtype_policy().name == "mixed_float16":  # as Keras' compile does
+            model.optimizer = keras.optimizers.LossScaleOptimizer(model.optimizer)
         model.optimizer.build(model.trainable_variables)
         model._kdflow_steps = _Steps(model, strategy, _steps_per_execution(steps_per_epoch))
         model._kdflow_fit_setup = setup

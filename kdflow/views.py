@@ -67,6 +67,26 @@ class Views:
         return choice(seed, epoch, count_images, self.count)
 
 
+@dataclass(frozen=True)
+class EpochViews(Views):
+    """A new view of every image in each epoch: view e of the table is epoch e's (the teacher's
+    random-resized crops, train_teacher.augment.crop_scale). ``after(k)``: the same views for a
+    run whose epoch 0 is epoch k (fine-tuning after the frozen epochs)."""
+
+    offset: int = 0
+
+    def after(self, epochs: int) -> "EpochViews":
+        return EpochViews(self.table, self.cfg, self.offset + epochs)
+
+    def choice(self, seed, epoch, count_images: int):
+        import tensorflow as tf
+
+        return tf.fill([count_images], tf.cast(epoch, tf.int32) + self.offset)
+
+
+TEACHER_CROP_STREAM = 0x7463  # added to the seed for the teacher's crops
+
+
 def for_training(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> Views | None:
     """The training split's views, or None when ``views.count`` is 0 (the images as they are)."""
     if cfg.count == 0:

@@ -154,7 +154,8 @@ MAY_REACH = {
     "kdflow/distillation.py": {"distill"},
     **dict.fromkeys(("kdflow/sources.py", "kdflow/splits.py"), {"prepare"}),
     "kdflow/architectures.py": TRAINING,
-    "kdflow/views.py": {"soft_targets", "distill", "train_scratch", "evaluate"},
+    # the views (and the teacher's random-resized crops, train_teacher.augment.crop_scale, are the crop kind's)
+    "kdflow/views.py": {"train_teacher", "soft_targets", "distill", "train_scratch", "evaluate"},
     "kdflow/students.py": {"distill", "train_scratch", "train_plain"},
     # the teacher's training and import (its formats, its import check): the teacher alone
     **dict.fromkeys(("kdflow/teacher.py", "kdflow/teacher_formats.py", "kdflow/teacher_import_check.py"),
@@ -278,7 +279,7 @@ def documented_defaults(text: str) -> dict[str, str]:
 def schema_defaults() -> dict[str, str]:
     """Every key with its default: the whole schema, and each architecture family's section."""
     flat = _flat(dumped(schema()()))
-    flat.update(_flat({family.name: family.section().model_dump() for family in FAMILIES}))
+    flat.update(_flat({family.name: family.section().model_dump() for family in FAMILIES if not family.flat}))
     return {key: yaml_text(value) for key, value in flat.items()}
 
 

@@ -1,0 +1,141 @@
+"""keras.applications architectures, fine-tuning a pretrained teacher, the teacher's crops,
+mixed precision and the cached outputs read a batch at a time."""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import distilled_students, make_prepared, section, validated
+from kdflow import architectures, artifacts, repro
+from kdflow import teacher as teachers
+from kdflow.errors import KdflowError
+
+
+def built(shape=(32, 32, 3), classes=3, **student):
+    return architectures.build(section("student", **student), shape, classes, name="student_scratch")
+
+
+def test_an_application_maps_the_unit_images_to_its_own_convention_and_saves_reproducibly(tmp_path):
+    repro.make_deterministic(0)
+    model = built(arch="MobileNetV3Small", width=0.5, dropout=0.2)
+    backbone = model.get_layer("MobileNetV3Small")
+    assert model.get_layer("logits").units == 3 and model.get_layer("dropout").rate == 0.2
+    x = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype("float32")
+    # MobileNetV3 takes [0, 255] (its include_preprocessing rescales to [-1, 1] inside)
+    pooled = keras.Model(model.inputs, model.get_layer("dropout").input)(x)
+    np.testing.assert_allclose(pooled, backbone(x * 255.0), rtol=1e-5, atol=1e-5)
+    # MobileNetV2 and ResNet50V2 take [-1, 1]
+    assert built(arch="MobileNetV2", width=0.35).get_layer("input_range").offset == -1.0
+    for run in ("a", "b"):
+        artifacts.save_model(tmp_path / f"{run}.keras", model)
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    back = keras.models.load_model(tmp_path / "a.keras", safe_mode=True)  # no Lambda: loads safely
+    np.testing.assert_allclose(back(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_applications_problems_are_one_line_each(tmp_path):
+    def error(shape=(32, 32, 3), **student):
+        with pytest.raises(KdflowError) as caught:
+            built(shape, **student)
+        return str(caught.value)
+
+    assert error((28, 28, 1), arch="MobileNetV3Small") == (
+        "student.arch = MobileNetV3Small: needs images of at least 32x32 pixels, the model gets 28x28 "
+        "(set data.image_size)")
+    assert error(arch="ResNet50V2", width=0.5) == \
+        "student.width = 0.5: ResNet50V2 takes no width (only the MobileNets do)"
+    assert error(arch="MobileNetV2", input_range="byte").startswith("student.input_range = byte: MobileNetV2 maps")
+    assert error(arch="MobileNetV2", weights=str(tmp_path / "none.h5")).startswith(
+        f"student.weights = {tmp_path / 'none.h5'}: no such file")
+    # offline (this machine): the download fails with one line that says what to do
+    assert "could not download MobileNetV2's ImageNet weights (offline?)" in error(arch="MobileNetV2",
+                                                                                   weights="imagenet")
+    # weights of another backbone, or of another width
+    other = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    other.save_weights(tmp_path / "v2_035.weights.h5")
+    for student in ({"arch": "MobileNetV3Small"}, {"arch": "MobileNetV2", "width": 0.5}):
+        assert error(**student, weights=str(tmp_path / "v2_035.weights.h5")).startswith(
+            f"student.weights = {tmp_path / 'v2_035.weights.h5'}: not weights for this")
+    # the right file loads: the backbone starts from it
+    loaded = built(arch="MobileNetV2", width=0.35, weights=str(tmp_path / "v2_035.weights.h5"))
+    for mine, theirs in zip(loaded.get_layer("mobilenetv2_0.35_32").get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    with pytest.raises(Exception, match="width applies to a keras.applications arch, not resnet8"):
+        section("student", arch="resnet8", width=0.5)
+
+
+def test_fine_tuning_trains_the_logits_alone_first_then_every_layer_on_fresh_crops():
+    data = make_prepared(shape=(12, 12, 1))
+    tiny = {"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "lr_floor": 1.0, "amsgrad": False,
+            "patience": None, "augment": {"shift": 0.0, "crop_scale": [0.5, 1.0]}}
+    params = validated(teacher={"arch": "spec", "spec": {"conv_filters": [4], "batch_norm": True}},
+                       train_teacher={**tiny, "freeze_epochs": 1, "fine_tune_lr_scale": 1e-9})
+    repro.make_deterministic(params.seed)
+    initial = architectures.build(params.teacher, data.input_shape, data.num_classes, name="teacher")
+    model, summary = teachers.train(params.teacher, params.train_teacher, params.seed, data)
+    assert summary["epochs_run"] == 2 and summary["head_only_epochs"] == 1
+    for layer in model.layers:
+        before_layer = initial.get_layer(layer.name)
+        for before, after in zip(before_layer.trainable_weights, layer.trainable_weights):
+            if layer.name == "logits":
+                assert not np.allclose(before, after)  # the head trained...
+            else:  # ...the rest only at ~0 learning rate afterwards
+                np.testing.assert_allclose(before, after, atol=1e-6)
+    assert all(layer.trainable for layer in model.layers)
+    # without the frozen epochs, every layer moves
+    everything = validated(teacher={"arch": "spec", "spec": {"conv_filters": [4], "batch_norm": True}}, train_teacher=tiny)
+    moved, _ = teachers.train(everything.teacher, everything.train_teacher, everything.seed, data)
+    assert not np.allclose(moved.get_layer("conv0").get_weights()[0], initial.get_layer("conv0").get_weights()[0])
+
+    # the crops: epoch e sees view e of one table drawn from the seed, continuing after the frozen epochs
+    crops = teachers.epoch_crops(params.train_teacher, params.seed, data)
+    assert crops.table.shape == (len(data.xy("train")[1]), 2, 5)
+    assert np.array_equal(crops.table, teachers.epoch_crops(params.train_teacher, params.seed, data).table)
+    assert list(crops.choice(0, 1, 3).numpy()) == [1, 1, 1] and list(crops.after(1).choice(0, 0, 2).numpy()) == [1, 1]
+
+
+def test_mixed_bfloat16_trains_in_16_bits_and_saves_and_exports_float32(tmp_path):
+    from kdflow.export import TfliteModel, save_saved_model, to_tflite
+    from kdflow.inference import predict_logits
+
+    data = make_prepared(n_per_class=30)
+    params = validated(repeats=1)
+    logits = {s: np.random.default_rng(0).normal(size=(len(data.xy(s)[1]), 3)).astype("float32") for s in ("train", "val")}
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        (student, summary), = list(distilled_students(params, data, logits))
+        assert student.get_layer("dense0").compute_dtype == "bfloat16"
+        assert np.isfinite(summary["loss"]) and summary["accuracy"] > 0.5
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    artifacts.save_model(tmp_path / "student.keras", student)
+    with zipfile.ZipFile(tmp_path / "student.keras") as saved:
+        assert "mixed_" not in saved.read("config.json").decode()
+    shipped = artifacts.load_model(tmp_path / "student.keras", produced_by="distill")
+    assert {layer.compute_dtype for layer in shipped.layers} == {"float32"}
+    x = data.xy("test")[0]
+    np.testing.assert_allclose(predict_logits(shipped, x), predict_logits(student, x), atol=0.1)  # bf16 round-off
+    save_saved_model(shipped, tmp_path / "saved_model")
+    exported = TfliteModel(to_tflite(tmp_path / "saved_model"))
+    np.testing.assert_allclose(exported.predict(x), predict_logits(shipped, x), rtol=1e-4, atol=1e-4)
+    assert json.loads(json.dumps(summary))  # the summary is plain JSON (float32 metrics)
+
+
+def test_cached_outputs_read_a_batch_at_a_time_train_the_same_student_as_in_memory(tmp_path):
+    from kdflow import soft_targets
+    from kdflow.shards import ShardedArray
+
+    data = make_prepared()
+    params = validated(repeats=1)
+    rng = np.random.default_rng(1)
+    cache = {s: rng.normal(size=(len(data.xy(s)[1]), 3)).astype("float32") for s in ("train", "val")}
+    soft_targets.save(cache, data, tmp_path / "cache")
+    on_disk = soft_targets.load(data, None, path=tmp_path / "cache")
+    assert isinstance(on_disk["train"], ShardedArray) and isinstance(on_disk["val"], np.ndarray)
+    (a, _), = list(distilled_students(params, data, cache))
+    (b, _), = list(distilled_students(params, data, on_disk))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
