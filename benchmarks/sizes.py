@@ -7,9 +7,9 @@ our ``distill`` step, reading the teacher's cached outputs from shards on disk a
 does, against our scratch student on the same views (and an A/A control: a second, identical
 scratch student), against the same student's plain Keras ``fit`` on the images, and against
 ``keras.distillation.Distiller``, which runs the teacher every step; the time ``soft_targets``
-spends per view. Then the whole ``soft_targets``, ``distill`` and ``train_scratch`` stages,
-each in its own process as ``dvc repro`` runs them (wall time, peak RSS), on the same images
-as an image folder.
+spends per view. Then the stages, each in its own process as ``dvc repro`` runs them (wall
+time, peak RSS), on the same images as an image folder, through ``export`` (the student's
+SavedModel, TFLite float32 and int8: their accuracy and size).
 """
 
 from __future__ import annotations
@@ -59,35 +59,59 @@ def flops(model, shape) -> int:
     return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
 
 
-def epoch_speed(px: int, n_train: int, rounds: int, epochs_per_round: int, views_count: int, seed: int = 0) -> dict:
+def synthetic_case(px: int, n_train: int, views_count: int, seed: int = 0):
+    """The RGB case at ``px``: its arrays as Prepared data, and its params."""
+    from kdflow.data import Prepared, content_hash
+    from kdflow.extensions import validate_all
+
+    x, y = synthetic_images(n_train, px, seed)
+    x_val, y_val = synthetic_images(max(64, n_train // 8), px, seed + 1)
+    arrays = {"x_train": x, "y_train": y, "x_val": x_val, "y_val": y_val}
+    data = Prepared({"num_classes": CLASSES, "input_shape": list(x.shape[1:]), "content_hash": content_hash(arrays),
+                     "sizes": {"train": len(y), "val": len(y_val)}}, arrays)
+    params = validate_all({"student": STUDENT, "teacher": TEACHER, "alpha": 0.5, "temperature": 4.0,
+                           "views": {"count": views_count, "kind": "crop", "flip": True, "scale": [0.25, 1.0]}})
+    return data, params
+
+
+def default_case():
+    """The embedded digits as the committed params split them, with the committed student,
+    teacher (ResNet-20) and views (8 whole-pixel shifts)."""
+    from benchmarks.run import ROOT
+    from kdflow.data import Prepared, content_hash
+    from kdflow.extensions import load_all
+    from kdflow.sources import load
+    from kdflow.splits import split
+
+    params = load_all(ROOT / "params.yaml")
+    splits = split(load(params.data), params.data, params.seed)
+    arrays = {f"{a}_{name}": value for name in ("train", "val") for a, value in zip("xy", splits[name])}
+    data = Prepared({"num_classes": 10, "input_shape": list(arrays["x_train"].shape[1:]),
+                     "content_hash": content_hash(arrays), "sizes": {n: len(arrays[f"y_{n}"]) for n in ("train", "val")}},
+                    arrays)
+    return data, params
+
+
+def epoch_speed(data, params, rounds: int, epochs_per_round: int, seed: int = 0) -> dict:
     import keras
-    import numpy as np
 
     from benchmarks.run import EpochTimer, steady_epoch_time
     from kdflow import architectures, distillation, objective, repro, soft_targets, views
-    from kdflow.data import Prepared, content_hash
     from kdflow.distillation import TEACHER_LOGITS
-    from kdflow.extensions import validate_all
     from kdflow.objective import LABELS, training_model
     from kdflow.params import TrainParams
     from kdflow.training import fit
 
-    x, y = synthetic_images(n_train, px, seed)
-    x_val, y_val = synthetic_images(max(64, n_train // 8), px, seed + 1)
-    shape = x.shape[1:]
-    arrays = {"x_train": x, "y_train": y, "x_val": x_val, "y_val": y_val}
-    data = Prepared({"num_classes": CLASSES, "input_shape": list(shape), "content_hash": content_hash(arrays),
-                     "sizes": {"train": len(y), "val": len(y_val)}}, arrays)
-    params = validate_all({"student": STUDENT, "teacher": TEACHER, "alpha": 0.5, "temperature": 4.0,
-                           "views": {"count": views_count, "kind": "crop", "flip": True, "scale": [0.25, 1.0]}})
+    (x, y), (x_val, y_val) = data.xy("train"), data.xy("val")
+    shape, classes, n_train, views_count = data.input_shape, data.num_classes, len(y), params.views.count
     cfg = TrainParams(epochs=epochs_per_round, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
 
     def student():
         repro.make_deterministic(seed)
-        return architectures.build(params.student, shape, CLASSES, "student")
+        return architectures.build(params.student, shape, classes, "student")
 
-    teacher = architectures.build(params.teacher, shape, CLASSES, "teacher")
-    result = {"px": px, "train_images": n_train, "views": views_count,
+    teacher = architectures.build(params.teacher, shape, classes, "teacher")
+    result = {"px": shape[0], "train_images": n_train, "views": views_count,
               "params": {"student": int(student().count_params()), "teacher": int(teacher.count_params())},
               "flops": {"student": flops(student(), shape), "teacher": flops(teacher, shape)}}
     result["flops"]["teacher_vs_student"] = round(result["flops"]["teacher"] / result["flops"]["student"], 1)
@@ -168,7 +192,7 @@ def write_image_folder(folder: Path, px: int, count: int, seed: int) -> None:
         Image.fromarray((image * 255).round().astype("uint8")).save(target / f"{i:05d}.png")
 
 
-STAGES = ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch")
+STAGES = ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "export")
 
 
 def stage_costs(px: int, count: int, views_count: int, student_epochs: int) -> dict:
@@ -190,17 +214,54 @@ def stage_costs(px: int, count: int, views_count: int, student_epochs: int) -> d
             wall, peak = run_measured([sys.executable, "-m", f"stages.{stage}"], repo, log)
             result[stage] = {"seconds": round(wall, 2), "peak_rss_mib": round(peak, 1),
                              "epoch_seconds": epoch_seconds(log.read_text())}
+        exported = json.loads((repo / "metrics/export.json").read_text())
+        result["export"] = {form: exported[form] for form in ("keras", "tflite_float32", "tflite_int8")}
+        result["export"]["int8_accuracy_drop"] = exported["int8_accuracy_drop"]
         shutil.rmtree(repo)
     result["distill_stage_vs_scratch_stage"] = round(result["distill"]["seconds"] / result["train_scratch"]["seconds"], 3)
     return result
 
 
+def default_stages(pairs: int, quick: bool) -> dict:
+    """The committed pipeline's distill and train_scratch stages (committed epochs and views, one
+    repeat), each in its own process as ``dvc repro`` runs it, in alternating pairs, with a
+    second train_scratch run as the A/A control."""
+    from benchmarks.run import make_project, run_measured
+
+    overrides = {"repeats": 1, "train_teacher.epochs": 1 if quick else 2}
+    if quick:
+        overrides["train_student.epochs"] = 2
+    seconds = {"distill": [], "train_scratch": [], "train_scratch_control": []}
+    peaks = {}
+    with tempfile.TemporaryDirectory(prefix="kdflow-sizes-default-") as tmp:
+        repo = make_project(Path(tmp), overrides)
+        for stage in ("prepare", "train_teacher", "soft_targets"):
+            run_measured([sys.executable, "-m", f"stages.{stage}"], repo)
+        for pair in range(pairs):
+            order = ["distill", "train_scratch", "train_scratch_control"]
+            for label in (order if pair % 2 == 0 else order[::-1]):
+                stage = label.removesuffix("_control")
+                wall, peak = run_measured([sys.executable, "-m", f"stages.{stage}"], repo)
+                seconds[label].append(wall)
+                peaks[stage] = max(peaks.get(stage, 0.0), peak)
+    med = {label: statistics.median(v) for label, v in seconds.items()}
+    return {"seconds": {k: [round(t, 2) for t in v] for k, v in seconds.items()},
+            "peak_rss_mib": {k: round(v, 1) for k, v in peaks.items()},
+            "distill_stage_vs_scratch_stage": round(med["distill"] / med["train_scratch"], 3),
+            "scratch_control_vs_scratch_stage": round(med["train_scratch_control"] / med["train_scratch"], 3)}
+
+
 def sizes_report(quick: bool) -> dict:
     sizes = (32,) if quick else (64, 96, 128)
-    n_train, rounds, epochs, views_count = (128, 1, 2, 2) if quick else (640, 3, 3, 4)
+    n_train, rounds, epochs, views_count = (128, 1, 2, 2) if quick else (256, 3, 3, 4)
     report = {"student": STUDENT["arch"], "teacher": TEACHER["arch"], "sizes": {}}
+    data, params = default_case()
+    default = epoch_speed(data, params, rounds=1 if quick else 5, epochs_per_round=3 if quick else 5)
+    default["stages"] = default_stages(pairs=1 if quick else 2, quick=quick)
+    report["sizes"]["default"] = default
+    print(f"benchmark sizes default: {json.dumps(default)}", file=sys.stderr, flush=True)
     for px in sizes:
-        speed = epoch_speed(px, n_train, rounds, epochs, views_count)
+        speed = epoch_speed(*synthetic_case(px, n_train, views_count), rounds, epochs)
         speed["stages"] = stage_costs(px, n_train, views_count, student_epochs=2 if quick else 4)
         report["sizes"][f"{px}px"] = speed
         print(f"benchmark sizes {px}px: {json.dumps(speed)}", file=sys.stderr, flush=True)
@@ -210,5 +271,47 @@ def sizes_report(quick: bool) -> dict:
         ratios[name] = {"per_size": values, "max": max(values), "target": target, "met": max(values) <= target}
     ratios["scratch_control_vs_scratch"] = {"per_size": [s["ratios"]["scratch_control_vs_scratch"]
                                                          for s in report["sizes"].values()]}
+    ratios["scratch_control_vs_scratch_stage"] = {"per_size": [s["stages"].get("scratch_control_vs_scratch_stage")
+                                                               for s in report["sizes"].values()]}
     report["ratios"] = ratios
     return report
+
+
+def many_classes_memory(quick: bool) -> dict:
+    """The distill stage's peak RSS as images x views x classes grows 16x (4x the images, 4x the
+    views) at 200 classes, with full logits and with top-k: the cached outputs are read a batch
+    at a time, so the peak should not follow them (``soft_targets`` still holds them whole while
+    computing them; its peak is shown too)."""
+    import numpy as np
+
+    from benchmarks.run import make_project, run_measured
+
+    classes, base = (50, 500) if quick else (200, 4000)
+    result = {"classes": classes, "cases": {}}
+    with tempfile.TemporaryDirectory(prefix="kdflow-many-classes-") as tmp:
+        for scale, views_count in ((1, 4), (4, 16)):
+            rng = np.random.default_rng(0)
+            n = base * scale
+            source = Path(tmp) / f"many_x{scale}.npz"
+            np.savez(source, x_train=rng.integers(0, 256, size=(n, 8, 8), dtype=np.uint8),
+                     y_train=np.arange(n) % classes)
+            for top_k in (0, 10):
+                label = f"images_x{scale}_views_{views_count}_top_k_{top_k}"
+                repo = make_project(Path(tmp) / label, {
+                    "repeats": 1, "data.name": "npz", "data.path": str(source), "data.val_fraction": 0.1,
+                    "data.test_fraction": 0.1, "teacher": {"arch": "repo_student"}, "student": {"arch": "repo_student"},
+                    "train_teacher.epochs": 1, "train_student.epochs": 1, "train_teacher.augment.shift": 0.0,
+                    "views": {"count": views_count, "kind": "shift", "shift": 1, "flip": False, "top_k": top_k}})
+                peaks = {stage: round(run_measured([sys.executable, "-m", f"stages.{stage}"], repo)[1], 1)
+                         for stage in ("prepare", "train_teacher", "soft_targets", "distill")}
+                cached = sum(f.stat().st_size for f in (repo / "data/soft_targets").glob("train*.npy"))
+                result["cases"][label] = {"train_images": int(n * 0.8), "cached_train_mib": round(cached / 2**20, 1),
+                                          "peak_rss_mib": {k: peaks[k] for k in ("soft_targets", "distill")}}
+                print(f"benchmark many classes {label}: {json.dumps(result['cases'][label])}", file=sys.stderr,
+                      flush=True)
+                shutil.rmtree(repo)
+    for top_k in (0, 10):
+        low = result["cases"][f"images_x1_views_4_top_k_{top_k}"]["peak_rss_mib"]["distill"]
+        high = result["cases"][f"images_x4_views_16_top_k_{top_k}"]["peak_rss_mib"]["distill"]
+        result[f"distill_peak_x16_vs_x1_top_k_{top_k}"] = round(high / low, 3)
+    return result

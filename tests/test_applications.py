@@ -139,3 +139,65 @@ def test_cached_outputs_read_a_batch_at_a_time_train_the_same_student_as_in_memo
     (b, _), = list(distilled_students(params, data, on_disk))
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_an_efficientnetv2_student_exports_to_savedmodel_and_tflite_float32_and_int8(tmp_path):
+    from conftest import scratch_students
+    from kdflow.export import TfliteModel, export_student
+    from kdflow.inference import predict_logits
+
+    data = make_prepared(n_per_class=12, shape=(32, 32, 3))
+    params = validated(repeats=1, student={"arch": "EfficientNetV2B0"},
+                       train_student={"epochs": 1, "batch_size": 32, "learning_rate": 0.003, "lr_floor": 0.1,
+                                      "amsgrad": False, "patience": None})
+    student, _ = next(scratch_students(params, data))
+    metrics, _ = export_student(student, data, tmp_path / "out", calibration_samples=16, seed=0)
+    assert (tmp_path / "out/saved_model/saved_model.pb").is_file()
+    x = data.xy("test")[0]
+    shipped = keras.models.load_model(tmp_path / "out/student.keras", safe_mode=True)
+    float_model = TfliteModel((tmp_path / "out/student_float32.tflite").read_bytes())
+    np.testing.assert_allclose(float_model.predict(x), predict_logits(shipped, x), rtol=1e-3, atol=1e-3)
+    int8 = TfliteModel((tmp_path / "out/student_int8.tflite").read_bytes())
+    assert int8.input["dtype"] == np.int8 and int8.output["dtype"] == np.int8  # full-integer
+    assert metrics["tflite_int8"]["size_bytes"] < metrics["tflite_float32"]["size_bytes"] / 3
+    assert metrics["int8_accuracy_drop"] == round(metrics["keras"]["accuracy"] - metrics["tflite_int8"]["accuracy"], 6)
+
+
+@pytest.mark.e2e
+def test_a_mobilenet_student_of_an_efficientnet_teacher_on_an_image_folder_through_dvc_repro(tmp_path):
+    """keras.applications teacher and student, crop views, the export run by LiteRT: `dvc repro`."""
+    import yaml
+    from PIL import Image
+
+    from conftest import make_repo, sh
+
+    repo = tmp_path / "repo"
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    for name, colour in colours.items():
+        (repo / "inputs/photos" / name).mkdir(parents=True)
+        for i in range(10):
+            image = rng.integers(0, 60, size=(40, 40, 3), dtype=np.uint8)
+            r, c = rng.integers(0, 20, size=2)
+            image[r:r + 20, c:c + 20] = colour
+            Image.fromarray(image).save(repo / "inputs/photos" / name / f"{i}.png")
+    make_repo(repo, repeats=1,
+              data={"name": "image_dir", "path": "inputs/photos", "image_size": [32, 32], "val_fraction": 0.2,
+                    "test_fraction": 0.2},
+              teacher={"arch": "EfficientNetV2B0", "spec": None, "dropout": 0.1},
+              student={"arch": "MobileNetV3Small", "width": 0.5},
+              train_teacher={"augment": {"shift": 0.0, "flip": True, "crop_scale": [0.5, 1.0]}},
+              views={"count": 2, "kind": "crop", "scale": [0.5, 1.0], "flip": True},
+              export={"calibration_samples": 8})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["teacher"] == {**params["teacher"], "arch": "EfficientNetV2B0"} and "spec" not in params["teacher"]
+    sh(["dvc", "repro"], repo)
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    for form in ("keras", "tflite_float32", "tflite_int8"):
+        assert 0 <= exported[form]["accuracy"] <= 1 and exported[form]["size_bytes"] > 0
+    # the float TFLite model is the Keras student; int8 is full-integer and smaller
+    assert exported["tflite_float32"]["accuracy"] == exported["keras"]["accuracy"]
+    assert exported["tflite_int8"]["size_bytes"] < exported["tflite_float32"]["size_bytes"]
+    shipped = keras.models.load_model(repo / "export/student.keras", safe_mode=True)
+    assert shipped.get_layer("MobileNetV3Small") is not None
+    assert sh(["dvc", "status"], repo).stdout.strip() == "Data and pipelines are up to date."
