@@ -77,9 +77,9 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     ``_replica_share``), and the training epochs hold full global batches only."""
     targets = {key: _as_target(key, value) for key, value in targets.items()}
     share = _replica_share(replicas)
-    rows = _row_reader(x)
-    # in memory: one TF copy; on disk (the teacher's cached outputs): read per batch, as the images
-    t_all = {key: _row_reader(value, as_tensor=tf.constant) for key, value in targets.items()}
+    # Everything the batch reads: in memory, one TF copy each; on disk (the prepared images, the
+    # teacher's cached outputs), the batch's rows of all of them in one read (_rows_on_disk).
+    readers = _row_readers({IMAGES: x, **targets})
     n = len(x)
     if views is not None:
         view_table = tf.constant(views.table)
@@ -103,14 +103,14 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
         return batches if share is None else batches.flat_map(share)  # indices: each worker gathers its share
 
     def gather(idx, view=None):
-        images = rows(idx)
+        found = readers(idx)
+        images = found.pop(IMAGES)
         if view is None:
-            return images, {key: read(idx) for key, read in t_all.items()}
+            return images, found
         at = tf.stack([idx, view], axis=1)
         images = views.apply(images, tf.gather_nd(view_table, at))
         # every view of each row, then the row's view: [b, views, ...] -> [b, ...]
-        return images, {key: read(idx) if key == LABELS else tf.gather(read(idx), view, batch_dims=1)
-                        for key, read in t_all.items()}
+        return images, {key: t if key == LABELS else tf.gather(t, view, batch_dims=1) for key, t in found.items()}
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.
@@ -118,19 +118,32 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _row_reader(x, as_tensor=None):
-    """idx -> the rows of ``x`` (the images, or a target), as a TF function of the index batch:
-    gathered from one TF copy of an array in memory (``as_tensor``; default: the images' shared
-    copy), or read through ``x.take`` from disk (a ShardedArray, kdflow.soft_targets.TopKLogits)."""
-    if isinstance(x, np.ndarray):
-        x_all = (as_tensor or _images_as_tensor)(x)
-        return lambda idx: tf.gather(x_all, idx)
-    dtype = tf.as_dtype(x.dtype)
+IMAGES = "images"
+
+
+def _row_readers(arrays: Mapping[str, Images]):
+    """idx -> {name: the rows idx of that array}, as a TF function of the index batch. Arrays in
+    memory are gathered from one TF copy (the images' shared copy, _images_as_tensor; a constant
+    for a target); arrays on disk (a ShardedArray, kdflow.soft_targets.TopKLogits: anything with
+    ``take``) are read by one ``tf.numpy_function`` call for all of them: a call per array and
+    batch cost the default student's distill epoch ~9% over scratch's (docs/performance.md)."""
+    in_memory = {key: (_images_as_tensor(value) if key == IMAGES else tf.constant(value))
+                 for key, value in arrays.items() if isinstance(value, np.ndarray)}
+    on_disk = {key: value for key, value in arrays.items() if not isinstance(value, np.ndarray)}
+    names = list(on_disk)
+
+    def read_disk(idx):
+        return [on_disk[key].take(idx) for key in names]
 
     def read(idx):
-        found = tf.numpy_function(x.take, [idx], dtype, stateful=False)
-        found.set_shape([None, *x.shape[1:]])
-        return found
+        found = {key: tf.gather(tensor, idx) for key, tensor in in_memory.items()}
+        if names:
+            rows = tf.numpy_function(read_disk, [idx], [tf.as_dtype(on_disk[key].dtype) for key in names],
+                                     stateful=False)
+            for key, value in zip(names, rows):
+                value.set_shape([None, *on_disk[key].shape[1:]])
+                found[key] = value
+        return {key: found[key] for key in arrays}  # in the given order
     return read
 
 
