@@ -2,11 +2,12 @@
 
 A family is one entry: its name, its params section (the knobs of ``arch: <family>``, given as
 the ``<family>:`` sub-section of ``teacher`` or ``student``, or for a ``flat`` family as keys
-beside ``arch``, as the keras.applications take ``width`` and ``weights``) and its builder, which takes the
-image tensor and returns the logits tensor (the softmax lives in the loss); ``build`` makes the
-model around it, with the model's input convention (``input_range``) as its first layer. A preset names a family with
-fixed knobs (``resnet20``). Every model takes its input shape and class count from the prepared
-data. Keras is imported only when a model is built, so the schema stays free of TensorFlow.
+beside ``arch``, as the keras.applications take ``width`` and ``weights``) and its builder,
+which takes the image tensor and returns the logits tensor (the softmax lives in the loss);
+``build`` makes the model around it, with the model's input convention (``input_range``) as
+its first layer. A preset names a family with fixed knobs (``resnet20``). Every model takes its
+input shape and class count from the prepared data. Keras is imported only when a model is
+built, so the schema stays free of TensorFlow.
 
 Adding a family: a section class, a builder, one ``FAMILIES.add`` line (docs/extending.md).
 """
@@ -131,7 +132,6 @@ def build_resnet(spec: ResNetSpec, image, num_classes: int):
     return keras.layers.Dense(num_classes, name="logits")(h)
 
 
-
 # ---- keras.applications: the backbones people ship ----------------------------------------------------
 
 class ApplicationKnobs(StrictSection):
@@ -196,7 +196,7 @@ def application_builder(name: str) -> Callable[[ApplicationKnobs, Any, int], Any
             backbone = getattr(keras.applications, name)(
                 include_top=False, weights=weights, input_shape=(height, width, channels), pooling="avg", **options)
         except Exception as exc:  # Keras raises ValueError for a mismatch, Exception for a failed download
-            raise KdflowError(f"weights = {weights}: {_weights_problem(exc, weights, name)}") from None
+            raise KdflowError(_build_problem(exc, weights, name)) from None
         h = backbone(input_adapter.apply(image, input_adapter.layers(app.pixels)))
         if knobs.dropout > 0:
             h = keras.layers.Dropout(knobs.dropout, name="dropout")(h)
@@ -205,16 +205,19 @@ def application_builder(name: str) -> Callable[[ApplicationKnobs, Any, int], Any
     return build
 
 
-def _weights_problem(exc: Exception, weights: str | None, name: str) -> str:
+def _build_problem(exc: Exception, weights: str | None, name: str) -> str:
+    """The one line for a keras.applications model Keras would not build (after ``arch``'s section)."""
     from kdflow.artifacts import first_line
 
     text = first_line(exc)
+    if weights is None:
+        return f"arch = {name}: Keras could not build it ({text})"
     if weights == "imagenet" and ("URL fetch failure" in text or "http" in text.lower()):
-        return (f"Keras could not download {name}'s ImageNet weights (offline?): download its no-top "
-                "weights file where you are online and give its path")
-    if weights not in (None, "imagenet"):
-        return f"not weights for this {name} ({text})"
-    return text
+        return (f"weights = imagenet: Keras could not download {name}'s ImageNet weights (offline?): download "
+                "its no-top weights file where you are online and give its path")
+    if weights == "imagenet":
+        return f"weights = imagenet: {text}"
+    return f"weights = {weights}: not weights for this {name} ({text})"
 
 # ---- the registry -------------------------------------------------------------------------------------
 

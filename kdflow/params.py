@@ -208,7 +208,7 @@ class ViewsParams(ExtensionSection):
     flip: bool = False                   # random horizontal flip (not for digits!)
     # Store only the teacher's top_k logits per view plus the remaining probability mass, shared
     # evenly by the other classes (FKD's marginal smoothing): a smaller cache on disk for many
-    # classes (distill expands it back to every class in memory). 0 = every class.
+    # classes (distill reads it a batch at a time and expands each batch to every class). 0 = every class.
     top_k: int = Field(0, ge=0)
 
 

@@ -78,7 +78,7 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     targets = {key: _as_target(key, value) for key, value in targets.items()}
     share = _replica_share(replicas)
     # Everything the batch reads: in memory, one TF copy each; on disk (the prepared images, the
-    # teacher's cached outputs), the batch's rows of all of them in one read (_rows_on_disk).
+    # teacher's cached outputs), the batch's rows of all of them in one read (_row_readers).
     readers = _row_readers({IMAGES: x, **targets})
     n = len(x)
     if views is not None:
