@@ -162,7 +162,8 @@ def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 def _rows(path: Path, key: str) -> ShardedArray:
-    return ShardedArray(path, key, produced_by="soft_targets")
+    # the pages of rows read are released: the cache grows with images x views x classes
+    return ShardedArray(path, key, produced_by="soft_targets", release_pages=True)
 
 
 RERUN = "rerun `dvc repro soft_targets`"
