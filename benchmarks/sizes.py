@@ -42,7 +42,8 @@ def synthetic_images(count: int, px: int, seed: int):
     rng = np.random.default_rng(seed)
     y = np.arange(count) % CLASSES
     x = rng.uniform(0, 0.4, size=(count, px, px, 3)).astype(np.float32)
-    colours = rng.uniform(0.3, 0.6, size=(CLASSES, 3)).astype(np.float32)
+    # the classes' colours are the same in every split (seed: the images' noise and places)
+    colours = np.random.default_rng(CLASSES).uniform(0.3, 0.6, size=(CLASSES, 3)).astype(np.float32)
     for i, label in enumerate(y):
         r, c = rng.integers(0, px // 2, size=2)
         x[i, r:r + px // 2, c:c + px // 2] += colours[label]
