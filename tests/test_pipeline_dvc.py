@@ -89,7 +89,8 @@ EDITS = {
     "kdflow/distillation.py": {"distill"},
     "kdflow/report.py": {"evaluate"},
     "kdflow/evaluation.py": {"evaluate"},                   # a metric: never a training stage
-    "kdflow/views.py": {"soft_targets", "distill", "train_scratch", "evaluate"},
+    # the view kinds (the teacher's own crops, train_teacher.augment.crop_scale, are the crop kind's)
+    "kdflow/views.py": {"train_teacher", "soft_targets", "distill", "train_scratch", "evaluate"},
     "kdflow/search.py": set(),                              # the tools: nothing
     "kdflow/selection.py": set(),
 }
