@@ -47,3 +47,22 @@ def test_quick_speed_run_reports_every_variant_consistently():
     assert set(report["ratios"]) == set(speed_ratios([made_up_run(1.0)]))
     assert report["pipeline"] is None and report["startup"] is None
     assert training["params"]["teacher_large"] > 10 * training["params"]["student"]
+
+
+@pytest.mark.bench
+def test_quick_sizes_run_reports_every_case_with_its_targets():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--sizes"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert list(report["sizes"]) == ["default", "32px"]
+    for case in report["sizes"].values():
+        for name, seconds in case["epoch_seconds"].items():
+            assert case["images_per_second"][name] == pytest.approx(case["train_images"] / seconds, rel=1e-2), name
+        assert case["stages"]["distill_stage_vs_scratch_stage"] > 0
+    assert set(report["sizes"]["32px"]["stages"]["export"]) == {"keras", "tflite_float32", "tflite_int8",
+                                                                "int8_accuracy_drop"}
+    assert report["sizes"]["32px"]["flops"]["teacher_vs_student"] > 5
+    for name in ("distill_epoch_vs_scratch", "distill_stage_vs_scratch_stage", "distill_epoch_vs_online_distiller"):
+        ratio = report["ratios"][name]
+        assert ratio["max"] == max(ratio["per_size"]) and ratio["met"] == (ratio["max"] <= ratio["target"])
