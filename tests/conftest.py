@@ -1,8 +1,8 @@
 """Shared test helpers and the one pipeline run of the session.
 
-Tiers: `python -m pytest -m "not e2e and not bench"` runs the in-process tests (a quick signal);
-`python -m pytest` adds the end-to-end tests (stage scripts and the real dvc CLI) and the
-benchmark's smoke test.
+Tiers: `python -m pytest -m "not e2e and not bench and not apps"` runs the in-process tests (a
+quick signal); `python -m pytest` adds the end-to-end tests (stage scripts and the real dvc CLI);
+`-m bench` runs the benchmark's smoke tests and `-m apps` the keras.applications end-to-end runs.
 """
 
 import os
