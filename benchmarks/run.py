@@ -102,6 +102,33 @@ def steady_epoch_time(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
+def interleaved_rounds(variants: dict, rounds: int) -> dict[str, list[float]]:
+    """Each variant (a function that trains one round and returns its epoch times) once untimed
+    (tracing, warm-up), then ``rounds`` rounds of all of them in alternating order: each
+    variant's steady epoch time per round."""
+    for train_round in variants.values():
+        train_round()
+    seconds = {label: [] for label in variants}
+    for r in range(rounds):
+        for label in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+            seconds[label].append(steady_epoch_time(variants[label]()))
+    return seconds
+
+
+def online_epoch_seconds(teacher, student, train, val, cfg, epochs: int) -> float:
+    """Keras' ``keras.distillation.Distiller`` (the teacher run every step): its steady epoch time."""
+    import keras
+
+    distiller = keras.distillation.Distiller(
+        teacher=teacher, student=student, distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
+        student_loss_weight=0.5)
+    distiller.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    timer = EpochTimer()
+    distiller.fit(*train, batch_size=cfg.batch_size, epochs=epochs, validation_data=val, callbacks=[timer], verbose=0)
+    return steady_epoch_time(timer.times)
+
+
 def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed: int = 0) -> dict:
     """Epoch times of each training variant, measured in interleaved rounds.
 
@@ -208,25 +235,11 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
         {**labels, TEACHER_LOGITS: view_logits}, {**val_labels, TEACHER_LOGITS: logits["default"][2]},
         distilled(), on_views=True)
     assert tuple(variants) == SPEED_VARIANTS
-    for train_round in variants.values():
-        train_round()  # tracing and warm-up, not timed
-    round_seconds = {label: [] for label in variants}
-    for r in range(rounds):
-        for label in (list(variants) if r % 2 == 0 else list(reversed(variants))):
-            round_seconds[label].append(steady_epoch_time(variants[label]()))
+    round_seconds = interleaved_rounds(variants, rounds)
 
     def online(name):
-        distiller = keras.distillation.Distiller(
-            teacher=logits[name][0], student=student(),
-            distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0),
-            student_loss_weight=0.5)
-        distiller.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        timer = EpochTimer()
         # 3 epochs, once: its epochs take 10-30x ours, far above the noise.
-        distiller.fit(x, y, batch_size=cfg.batch_size, epochs=3, validation_data=(x_val, y_val),
-                      callbacks=[timer], verbose=0)
-        return steady_epoch_time(timer.times)
+        return online_epoch_seconds(logits[name][0], student(), (x, y), (x_val, y_val), cfg, epochs=3)
 
     epoch_seconds = {label: statistics.median(times) for label, times in round_seconds.items()}
     for name in teachers:

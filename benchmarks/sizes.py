@@ -99,7 +99,7 @@ def default_case():
 def epoch_speed(data, params, rounds: int, epochs_per_round: int, seed: int = 0) -> dict:
     import keras
 
-    from benchmarks.run import EpochTimer, steady_epoch_time
+    from benchmarks.run import EpochTimer, interleaved_rounds, online_epoch_seconds
     from kdflow import architectures, distillation, objective, repro, soft_targets, views
     from kdflow.distillation import TEACHER_LOGITS
     from kdflow.io import RowBlocks
@@ -164,23 +164,10 @@ def epoch_speed(data, params, rounds: int, epochs_per_round: int, seed: int = 0)
             "distill": ours({**labels, TEACHER_LOGITS: cached["train"]}, {**val_labels, TEACHER_LOGITS: cached["val"]},
                             distillation.objective(params.alpha, params.temperature, params.distill)),
         }
-        for train_round in variants.values():
-            train_round()  # tracing and warm-up, not timed
-        seconds = {label: [] for label in variants}
-        for r in range(rounds):
-            for label in (list(variants) if r % 2 == 0 else list(reversed(variants))):
-                seconds[label].append(steady_epoch_time(variants[label]()))
+        seconds = interleaved_rounds(variants, rounds)
 
     def online(teacher_model):
-        distiller = keras.distillation.Distiller(
-            teacher=teacher_model, student=student(),
-            distillation_losses=keras.distillation.LogitsDistillation(temperature=4.0), student_loss_weight=0.5)
-        distiller.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        timer = EpochTimer()
-        distiller.fit(x, y, batch_size=cfg.batch_size, epochs=2, validation_data=(x_val, y_val), callbacks=[timer],
-                      verbose=0)
-        return steady_epoch_time(timer.times)
+        return online_epoch_seconds(teacher_model, student(), (x, y), (x_val, y_val), cfg, epochs=2)
 
     online_seconds = {"teacher": online(teacher)}  # the cached teacher, run every step instead
     if params.teacher.arch == TEACHER["arch"]:  # the real-size cases: a larger teacher too

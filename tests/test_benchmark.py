@@ -32,12 +32,17 @@ def test_ratios_are_medians_of_within_round_ratios_and_targets_use_the_worst_run
     assert spread([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0, "runs": 3}
 
 
+def quick_run(*args) -> dict:
+    """The benchmark's JSON report of a ``--quick`` run with ``args``."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
 @pytest.mark.bench
 def test_quick_speed_run_reports_every_variant_consistently():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--speed-only"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = quick_run("--speed-only")
     training = report["training"]
     assert set(training["epoch_seconds_median"]) == {*SPEED_VARIANTS, "online_default_teacher",
                                                      "online_large_teacher"}
@@ -51,10 +56,7 @@ def test_quick_speed_run_reports_every_variant_consistently():
 
 @pytest.mark.bench
 def test_quick_sizes_run_reports_every_case_with_its_targets():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--sizes"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    report = quick_run("--sizes")
     assert list(report["sizes"]) == ["default", "32px"]
     for case in report["sizes"].values():
         for name, seconds in case["epoch_seconds"].items():
