@@ -115,6 +115,21 @@ def interleaved_rounds(variants: dict, rounds: int) -> dict[str, list[float]]:
     return seconds
 
 
+def plain_fit_rounds(model, train, val, cfg, epochs: int):
+    """A round of the same student's plain Keras ``model.fit`` (its own loop): its epoch times."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["sparse_categorical_accuracy"])
+
+    def train_round():
+        timer = EpochTimer()
+        model.fit(*train, batch_size=cfg.batch_size, epochs=epochs, validation_data=val, callbacks=[timer], verbose=0)
+        return timer.times
+    return train_round
+
+
 def online_epoch_seconds(teacher, student, train, val, cfg, epochs: int) -> float:
     """Keras' ``keras.distillation.Distiller`` (the teacher run every step): its steady epoch time."""
     import keras
@@ -138,7 +153,6 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
     input iterator). A ratio is taken within each round, between epochs timed seconds apart, and
     then its median over the rounds: on a shared 2-core machine, epoch times of one variant
     drifted by up to 60% between runs a minute apart, more than the differences measured."""
-    import keras
 
     import numpy as np
 
@@ -206,21 +220,8 @@ def training_speed(rounds: int, epochs_per_round: int, n_train: int | None, seed
             return timer.times
         return train_round
 
-    def plain_fit():
-        model = student()
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["sparse_categorical_accuracy"])
-
-        def train_round():
-            timer = EpochTimer()
-            model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs_per_round, validation_data=(x_val, y_val),
-                      callbacks=[timer], verbose=0)
-            return timer.times
-        return train_round
-
     labels, val_labels = {LABELS: y}, {LABELS: y_val}
-    variants = {"plain_fit": plain_fit(),
+    variants = {"plain_fit": plain_fit_rounds(student(), (x, y), (x_val, y_val), cfg, epochs_per_round),
                 "scratch_nondeterministic": ours(labels, val_labels, deterministic=False),
                 # A/A control: a second, identical scratch student. Its ratio to `scratch` is 1.00
                 # but for noise; it shows how far the machine moves a ratio that should not move.

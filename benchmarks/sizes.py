@@ -97,9 +97,8 @@ def default_case():
 
 
 def epoch_speed(data, params, rounds: int, epochs_per_round: int, seed: int = 0) -> dict:
-    import keras
 
-    from benchmarks.run import EpochTimer, interleaved_rounds, online_epoch_seconds
+    from benchmarks.run import EpochTimer, interleaved_rounds, online_epoch_seconds, plain_fit_rounds
     from kdflow import architectures, distillation, objective, repro, soft_targets, views
     from kdflow.distillation import TEACHER_LOGITS
     from kdflow.io import RowBlocks
@@ -144,21 +143,9 @@ def epoch_speed(data, params, rounds: int, epochs_per_round: int, seed: int = 0)
                 return timer.times
             return train_round
 
-        def plain_fit():
-            model = student()
-            model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, amsgrad=True),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-            def train_round():
-                timer = EpochTimer()
-                model.fit(x, y, batch_size=cfg.batch_size, epochs=epochs_per_round, validation_data=(x_val, y_val),
-                          callbacks=[timer], verbose=0)
-                return timer.times
-            return train_round
-
         labels, val_labels = {LABELS: y}, {LABELS: y_val}
         variants = {
-            "plain_fit": plain_fit(),
+            "plain_fit": plain_fit_rounds(student(), (x, y), (x_val, y_val), cfg, epochs_per_round),
             "scratch_control": ours(labels, val_labels),
             "scratch": ours(labels, val_labels),
             "distill": ours({**labels, TEACHER_LOGITS: cached["train"]}, {**val_labels, TEACHER_LOGITS: cached["val"]},
