@@ -6,6 +6,8 @@
     python -m benchmarks.run --scale        # only the data sizes: every stage at 1x, 4x, 16x (~15 min)
     python -m benchmarks.run --sizes        # only real resolutions: MobileNetV3Small from EfficientNetV2B0
                                             # at 64, 96, 128 px (benchmarks/sizes.py, ~20 min)
+    python -m benchmarks.run --mixes        # only function matching: mixup views cached and online,
+                                            # the cache at 8 / 64 / 256 views (benchmarks/mixes.py, ~15 min)
     python -m benchmarks.run --quick        # tiny settings, one run: checks that it works (~5 min)
 
 Run from the project root (it imports kdflow from there).
@@ -652,7 +654,16 @@ def main() -> None:
                         help="only the data-size measurements: every stage at 1x, 4x, 16x the data, shards vs memory")
     parser.add_argument("--sizes", action="store_true",
                         help="only real resolutions: a MobileNetV3Small student at 64, 96 and 128 px (benchmarks/sizes.py)")
+    parser.add_argument("--mixes", action="store_true",
+                        help="only function matching: mixed views, cached and online (benchmarks/mixes.py)")
     args = parser.parse_args()
+    if args.mixes:
+        from benchmarks.mixes import mixes_report
+
+        with contextlib.redirect_stdout(sys.stderr):
+            report = mixes_report(args.quick)
+        print(json.dumps(report, indent=2))
+        return
     if args.sizes:
         from benchmarks.sizes import sizes_report
 

@@ -59,13 +59,32 @@ def evaluate_logits(logits: np.ndarray, y: np.ndarray, class_names: list[str],
         "per_class_accuracy": {name: _r(acc) for name, acc in zip(class_names, per_class)},
     }
     if teacher_logits is not None:
-        result["teacher_agreement"] = _r(np.mean(predicted == teacher_logits.argmax(axis=1)))
+        result.update(fidelity(logits, teacher_logits))
     if temperature is not None:
         calibrated = softmax(logits / temperature, axis=1)
         result.update(temperature=temperature,
                       loss_calibrated=_r(log_loss(y, calibrated, labels=range(num_classes))),
                       ece_calibrated=_r(expected_calibration_error(calibrated, y)))
     return result
+
+
+FIDELITY = ("teacher_agreement", "teacher_top5_agreement", "teacher_kl")
+
+
+def fidelity(logits: np.ndarray, teacher_logits: np.ndarray) -> dict:
+    """How closely a student matches its teacher's function on these images, as big_vision's
+    distillation evaluator reports it: the share whose top-1 class is the teacher's, the share
+    where the teacher's top-1 class is among the student's top 5, and the mean KL(teacher ||
+    student) of the softmax at T = 1 (nats)."""
+    from scipy.special import log_softmax
+
+    teacher_top = teacher_logits.argmax(axis=1)
+    top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    log_p = log_softmax(teacher_logits.astype(np.float64), axis=1)
+    log_q = log_softmax(logits.astype(np.float64), axis=1)
+    return {"teacher_agreement": _r(np.mean(logits.argmax(axis=1) == teacher_top)),
+            "teacher_top5_agreement": _r(np.mean((top5 == teacher_top[:, None]).any(axis=1))),
+            "teacher_kl": _r(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))}
 
 
 def summarize_repeats(per_model: list[dict]) -> dict:
@@ -77,10 +96,11 @@ def summarize_repeats(per_model: list[dict]) -> dict:
         "accuracy_std": _r(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
         "repeats": len(per_model),
     }
-    for key in ("loss", "ece", "loss_calibrated", "ece_calibrated", "temperature", "teacher_agreement",
-                "val_accuracy"):
+    for key in ("loss", "ece", "loss_calibrated", "ece_calibrated", "temperature", *FIDELITY, "val_accuracy"):
         if key in per_model[0]:
             summary[f"{key}_mean"] = _r(np.mean([m[key] for m in per_model]))
+    if FIDELITY[0] in per_model[0]:  # fidelity per repeat
+        summary["fidelity_per_repeat"] = {key: [m[key] for m in per_model] for key in FIDELITY}
     return summary
 
 

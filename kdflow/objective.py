@@ -16,6 +16,8 @@ import keras
 import tensorflow as tf
 
 LABELS = "labels"
+# A mixed view's targets add its partner image's label and the share of its own label (kdflow.views)
+PARTNER_LABELS, LABEL_WEIGHT = "partner_labels", "label_weight"
 
 
 def hard_ce(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
@@ -26,6 +28,16 @@ def hard_ce(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0) 
     classes = tf.shape(logits)[-1]
     smoothed = tf.one_hot(labels, classes) * (1.0 - label_smoothing) + label_smoothing / tf.cast(classes, tf.float32)
     return tf.nn.softmax_cross_entropy_with_logits(labels=smoothed, logits=logits)
+
+
+def label_ce(y: dict, logits: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
+    """``hard_ce`` with the batch's labels; for mixed views, with the mixed label w * y + (1 - w) * y'
+    (mixup's and cutmix's loss: the cross-entropy is linear in its target)."""
+    own = hard_ce(y[LABELS], logits, label_smoothing)
+    if LABEL_WEIGHT not in y:
+        return own
+    weight = y[LABEL_WEIGHT]
+    return weight * own + (1.0 - weight) * hard_ce(y[PARTNER_LABELS], logits, label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -44,8 +56,12 @@ class Objective:
     def terms(self) -> tuple[str, ...]:
         return ("hard_ce",)
 
+    def targets(self, x, y: dict) -> dict:
+        """The batch's targets as the loss reads them (an online teacher adds its outputs on x)."""
+        return y
+
     def per_sample(self, y: dict, y_pred, track) -> tf.Tensor:
-        hard = hard_ce(y[LABELS], y_pred, self.label_smoothing)
+        hard = label_ce(y, y_pred, self.label_smoothing)
         track("hard_ce", hard)
         return hard
 
@@ -83,7 +99,7 @@ class TrainingModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Under a mixed precision policy the outputs are 16-bit: every loss (the softmax with
         # temperature included) is computed in float32.
-        per_sample = self.objective.per_sample(y, as_float32(y_pred), self._track)
+        per_sample = self.objective.per_sample(self.objective.targets(x, y), as_float32(y_pred), self._track)
         # Sum over the replica's samples / the global batch size: the mean over the global batch
         # once the replicas' gradients are summed (tf.distribute's rule; a no-op on one device).
         loss = tf.nn.compute_average_loss(per_sample)

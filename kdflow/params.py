@@ -203,13 +203,22 @@ class ViewsParams(ExtensionSection):
     soft_targets caches the teacher's outputs for every view; in each epoch a student sees one
     view of each image. The kind's own keys (``shift``, ...) sit beside these."""
 
-    count: int = Field(8, ge=0, le=256)  # views per training image; 0 = the images as they are
+    count: int = Field(8, ge=0, le=1024)  # views per training image; 0 = the images as they are
     kind: str = "shift"
     flip: bool = False                   # random horizontal flip (not for digits!)
+    # A view may mix two training images (kdflow.views.MIXES): none | mixup | cutmix, the ratio
+    # (mixup) or the pasted area (cutmix) drawn from Beta(mix_alpha, mix_alpha).
+    mix: str = "none"
+    mix_alpha: float = Field(1.0, gt=0)
+    # Where the distilled students' teacher outputs come from: cached (soft_targets, for the count
+    # views) or online (distill runs the teacher on every batch, a fresh view of every image each epoch).
+    teacher: Literal["cached", "online"] = "cached"
     # Store only the teacher's top_k logits per view plus the remaining probability mass, shared
     # evenly by the other classes (FKD's marginal smoothing): a smaller cache on disk for many
     # classes (distill reads it a batch at a time and expands each batch to every class). 0 = every class.
     top_k: int = Field(0, ge=0)
+    # The cached logits' storage: float16 halves the cache (distill reads them back as float32).
+    cache_dtype: Literal["float32", "float16"] = "float32"
 
 
 class TrainParams(StrictSection):

@@ -75,10 +75,10 @@ def summary_markdown(comparison: Comparison, knobs: dict[str, Any], hinted: bool
     for role in ROLES:
         r = m[role]
         acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if r["repeats"] > 1 else f"{r['accuracy']:.4f}"
-        agreement = f"{r['teacher_agreement_mean']:.4f}" if "teacher_agreement_mean" in r else "—"
         rows.append(f"| {TITLES[role]} | {acc} | {r['repeats']} | {r['loss_mean']:.4f} → {r['loss_calibrated_mean']:.4f} | "
                     f"{r['ece_mean']:.4f} → {r['ece_calibrated_mean']:.4f} | {r['temperature']:.3f} | "
-                    f"{agreement} | {r['params']:,} | {_fmt_size(r['size_bytes'])} |")
+                    f"{r['params']:,} | {_fmt_size(r['size_bytes'])} |")
+    fidelity_rows = [_fidelity_row(role, m[role]) for role in ROLES[1:]]
     gains = [f"| {GAIN_TITLES[name]} | {_gain_text(m[name])} |" for name in GAIN_TITLES]
     gap = _gap_text(m)
     warning = teacher_warning(m["teacher_check"])
@@ -95,10 +95,19 @@ def summary_markdown(comparison: Comparison, knobs: dict[str, Any], hinted: bool
         "accuracy does not change). CPU latency is wall-clock and varies run to run, so it is not "
         "here: see timings/evaluate.json.",
         "",
-        "| model | test accuracy | repeats | NLL | ECE (15 bins) | T | top-1 agreement with teacher | params "
-        "| size |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | test accuracy | repeats | NLL | ECE (15 bins) | T | params | size |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        "**Fidelity** to the teacher on the test split (means over repeats; each repeat in "
+        "metrics/evaluate.json, `fidelity_per_repeat`): the share of images whose top-1 class is the "
+        "teacher's, the share where the teacher's top-1 class is among the student's top 5, and the "
+        "mean KL(teacher ‖ student) at T = 1. A student that matches its teacher's function is what "
+        "distillation is for, whether or not accuracy moves.",
+        "",
+        "| student | top-1 agreement | top-5 agreement | KL to the teacher (nats) |",
+        "|---|---|---|---|",
+        *fidelity_rows,
         "",
         f"**Which to use on this data**: {recommendation(m)}",
         "",
@@ -124,6 +133,11 @@ def summary_markdown(comparison: Comparison, knobs: dict[str, Any], hinted: bool
         "",
     ]
     return "\n".join(lines)
+
+
+def _fidelity_row(role: str, r: dict) -> str:
+    return (f"| {TITLES[role]} | {r['teacher_agreement_mean']:.4f} | {r['teacher_top5_agreement_mean']:.4f} | "
+            f"{r['teacher_kl_mean']:.4f} |")
 
 
 def _gap_text(m: dict) -> str:

@@ -87,6 +87,8 @@ def recipes(grid: dict[str, list], workspace: dict) -> list[dict]:
     found: list[dict] = []
     for recipe in [{**baseline_part(r), **NO_DISTILLATION} for r in combinations] + combinations:
         full = {**workspace, **recipe}
+        if full.get("views.count") == 0:  # no views: how they would be drawn or mixed changes nothing
+            recipe = {k: v for k, v in recipe.items() if not k.startswith("views.") or k == "views.count"}
         if full["alpha"] == 1.0 and full["distill.method"] == "kd":
             recipe = {**baseline_part(recipe), **NO_DISTILLATION}
         if recipe not in found:

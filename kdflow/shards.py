@@ -68,7 +68,7 @@ class ShardedArray:
     rows. With ``pixels``, uint8 shards read as float32 / 255."""
 
     def __init__(self, folder: Path, name: str, pixels: bool = False, produced_by: str = "prepare",
-                 release_pages: bool = False):
+                 release_pages: bool = False, read_as: np.dtype | None = None):
         files = sorted(Path(folder).glob(f"{name}-[0-9][0-9][0-9][0-9][0-9].npy"))
         if not files:
             raise KdflowError(f"{folder}/{name}-*.npy is missing: run `dvc repro {produced_by}` first")
@@ -87,7 +87,8 @@ class ShardedArray:
         self.release_pages = release_pages
         self._starts = np.cumsum([0] + [len(s) for s in self._shards])
         self.shape = (int(self._starts[-1]), *row_shapes.pop())
-        self.dtype = np.dtype(np.float32) if pixels else self._shards[0].dtype
+        # read_as: the rows' dtype as read (float16 cached logits read as float32)
+        self.dtype = np.dtype(np.float32) if pixels else np.dtype(read_as or self._shards[0].dtype)
 
     def __len__(self) -> int:
         return self.shape[0]

@@ -49,21 +49,42 @@ def _run(model, data: Prepared, views: Views | None) -> dict[str, np.ndarray]:
                 batches.append(model.predict_on_batch(batch))
                 continue
             rows = views.table[i:i + INFERENCE_BATCH_SIZE]
-            batches.append(np.stack([model.predict_on_batch(views.apply(batch, rows[:, v]))
+            batches.append(np.stack([model.predict_on_batch(_view(views, x, batch, rows[:, v], v))
                                      for v in range(views.count)], axis=1))
         found[name] = np.concatenate(batches).astype(np.float32)
     return found
 
 
-def compute(teacher, data: Prepared, views: Views | None = None, top_k: int = 0) -> dict[str, np.ndarray]:
+def _view(views: Views, x, batch, rows: np.ndarray, view: int):
+    """View ``view`` of a block of images (``rows``: their rows of the view table), with its
+    partner images read from ``x`` when the views are mixed: the images the students rebuild."""
+    if not views.mixed:
+        return views.apply(batch, rows)
+    partner = np.asarray(views.partners(rows))
+    return views.apply(batch, rows, x[partner], views.table[partner, view])
+
+
+def compute(teacher, data: Prepared, views: Views | None = None, top_k: int = 0,
+            dtype: str = "float32") -> dict[str, np.ndarray]:
     """The teacher's logits over every view of the training split and over the validation
     split, with the view table. With ``top_k`` below the number of classes, the training logits
-    are kept as their top k (see ``top_k_form``)."""
+    are kept as their top k (see ``top_k_form``); ``dtype`` float16 stores the training logits
+    (or their top-k values and rest) in half precision."""
     cache = _run(teacher, data, views)
     if views is not None:
         cache[VIEW_TABLE] = views.table
-    if 0 < top_k < data.num_classes:
+    return stored_form(cache, data.num_classes, top_k, dtype)
+
+
+def stored_form(cache: dict[str, np.ndarray], num_classes: int, top_k: int = 0,
+                dtype: str = "float32") -> dict[str, np.ndarray]:
+    """``compute``'s full-precision cache as stored with ``top_k`` and ``dtype``."""
+    cache = dict(cache)
+    if 0 < top_k < num_classes:
         cache.update(top_k_form(cache.pop("train"), top_k))
+    for key in ("train", "train_top_values", "train_rest"):
+        if key in cache:
+            cache[key] = cache[key].astype(dtype)
     return cache
 
 
@@ -163,7 +184,8 @@ def _read(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 def _rows(path: Path, key: str) -> ShardedArray:
     # the pages of rows read are released: the cache grows with images x views x classes
-    return ShardedArray(path, key, produced_by="soft_targets", release_pages=True)
+    read_as = None if key.endswith(("_classes", "_views")) else np.float32  # float16 logits read as float32
+    return ShardedArray(path, key, produced_by="soft_targets", release_pages=True, read_as=read_as)
 
 
 RERUN = "rerun `dvc repro soft_targets`"

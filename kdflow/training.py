@@ -26,7 +26,7 @@ import tensorflow as tf
 from kdflow.data import Prepared
 from kdflow.errors import KdflowError
 from kdflow.inference import INFERENCE_BATCH_SIZE
-from kdflow.objective import LABELS, TrainingModel
+from kdflow.objective import LABEL_WEIGHT, LABELS, PARTNER_LABELS, TrainingModel
 from kdflow.params import TrainParams
 from kdflow.resume import EpochCheckpoint
 from kdflow.shards import ShardedArray
@@ -54,7 +54,14 @@ class Views(Protocol):
     @property
     def count(self) -> int: ...
 
-    def apply(self, images, rows): ...
+    @property
+    def mixed(self) -> bool: ...
+
+    def partners(self, rows): ...
+
+    def label_weight(self, rows, image_shape): ...
+
+    def apply(self, images, rows, partner_images=None, partner_rows=None): ...
 
     def choice(self, seed, epoch, count_images: int): ...
 
@@ -70,7 +77,8 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
 
     With ``views``, each sample is the view ``views.choice(seed, epoch)`` picks for it,
     built on the fly, and every target but the labels is given per view ([images, views, ...]):
-    the teacher's cached output for exactly that view.
+    the teacher's cached output for exactly that view. A mixed view (``views.mixed``) adds its
+    partner's label and the share of its own (``PARTNER_LABELS``, ``LABEL_WEIGHT``): the mixed label.
 
     With ``replicas`` (a strategy's input context for this worker, several replicas), the
     elements are this worker's replicas' shares of each global batch in turn (see
@@ -81,6 +89,9 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
     # teacher's cached outputs), the batch's rows of all of them in one read (_row_readers).
     readers = _row_readers({IMAGES: x, **targets})
     n = len(x)
+    mixed = views is not None and views.mixed
+    if mixed:  # a mixed view reads its partner image too, and its label for the mixed label
+        partners = _row_readers({IMAGES: x, LABELS: targets[LABELS]})
     if views is not None:
         view_table = tf.constant(views.table)
         for key, value in targets.items():
@@ -107,10 +118,16 @@ def make_dataset(x: Images, targets: Targets, batch_size: int, seed: int | None 
         images = found.pop(IMAGES)
         if view is None:
             return images, found
-        at = tf.stack([idx, view], axis=1)
-        images = views.apply(images, tf.gather_nd(view_table, at))
+        rows = tf.gather_nd(view_table, tf.stack([idx, view], axis=1))
         # every view of each row, then the row's view: [b, views, ...] -> [b, ...]
-        return images, {key: t if key == LABELS else tf.gather(t, view, batch_dims=1) for key, t in found.items()}
+        found = {key: t if key == LABELS else tf.gather(t, view, batch_dims=1) for key, t in found.items()}
+        if not mixed:
+            return views.apply(images, rows), found
+        partner = views.partners(rows)
+        other = partners(partner)
+        partner_rows = tf.gather_nd(view_table, tf.stack([partner, view], axis=1))
+        found.update({PARTNER_LABELS: other[LABELS], LABEL_WEIGHT: views.label_weight(rows, x.shape[1:])})
+        return views.apply(images, rows, other[IMAGES], partner_rows), found
 
     ds = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
     # Sequential map: a parallel one made Ctrl-C mid-epoch abort in glibc during shutdown.

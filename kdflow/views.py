@@ -10,26 +10,35 @@ of a student sees view ``choice(seed, e)[i]``, also a pure function, so the dist
 scratch student of one repeat see identical view sequences (FKD, Shen & Xing 2022; Beyer et al.
 2022: the teacher's output for the very view the student sees).
 
+A view may also be a *mixture* of two training images (``views.mix``: mixup or cutmix, Beyer
+et al. 2022's function matching): its row then ends with the mix's columns, the partner image's
+index and the ratio or the box, drawn the same stateless way, so the teacher's cached output is
+its output on that exact mixed image (as SRe2L's relabel stores it) and the students rebuild it
+bit for bit. Each of the two images is first put in its own geometric view (the partner in its
+row of the same view column), then the two are mixed; the scratch students learn the mixed
+labels (``label_weight``: the share of the image's own label).
+
 Adding a kind: a section class for its keys (they sit in ``views`` beside count, kind, flip and
-top_k), a ``draw`` and an ``apply``, one ``VIEW_KINDS.add`` line (docs/extending.md). TensorFlow
-is imported only when views are drawn or built.
+top_k), a ``draw`` and an ``apply``, one ``VIEW_KINDS.add`` line (docs/extending.md); a mix is one
+``MIXES.add`` line the same way. TensorFlow is imported only when views are drawn or built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from kdflow.errors import KdflowError
-from kdflow.params import StrictSection, ViewsParams, flat_section
+from kdflow.params import StrictSection, ViewsParams, compose_section, flat_section
 from kdflow.registry import Registry
 
 # Stream ids folded into the seed, so the view table and the per-epoch choice draw numbers
 # independent of each other and of the other uses of the seed (data order, initial weights).
 _TABLE_STREAM, _FLIP_STREAM, _CHOICE_STREAM = 0x7669, 0x666C, 0x6368
+_PARTNER_STREAM, _MIX_STREAM = 0x7061, 0x6D78
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,34 @@ class Views:
     def count(self) -> int:
         return self.table.shape[1]
 
-    def apply(self, images, rows):
-        """The views of a batch of images, given their rows of the table."""
+    @property
+    def mixed(self) -> bool:
+        return self.cfg.mix != "none"
+
+    def partners(self, rows):
+        """The partner image of each row's mixture (int32 [b]); only when ``mixed``."""
+        return rows[..., -MIXES[self.cfg.mix].columns]
+
+    def apply(self, images, rows, partner_images=None, partner_rows=None):
+        """The views of a batch of images, given their rows of the table; a mixture needs the
+        partner images (``partners(rows)``) and their rows of the same view column."""
         import tensorflow as tf
 
-        return VIEW_KINDS[self.cfg.kind].apply(tf.convert_to_tensor(images), tf.cast(rows, tf.int32), self.cfg)
+        kind = VIEW_KINDS[self.cfg.kind]
+        rows = tf.cast(rows, tf.int32)
+        views = kind.apply(tf.convert_to_tensor(images), rows, self.cfg)
+        if not self.mixed:
+            return views
+        partner_views = kind.apply(tf.convert_to_tensor(partner_images), tf.cast(partner_rows, tf.int32), self.cfg)
+        mix = MIXES[self.cfg.mix]
+        return mix.apply(views, partner_views, rows[:, -mix.columns + 1:])
+
+    def label_weight(self, rows, image_shape):
+        """float32 [b]: the share of each mixed view's own label (the rest is its partner's)."""
+        import tensorflow as tf
+
+        mix = MIXES[self.cfg.mix]
+        return mix.weight(tf.cast(rows, tf.int32)[:, -mix.columns + 1:], image_shape)
 
     def choice(self, seed, epoch, count_images: int):
         """The view each of ``count_images`` images is seen in during ``epoch`` (see ``choice``)."""
@@ -87,16 +119,35 @@ class EpochViews(Views):
 TEACHER_CROP_STREAM = 0x7463  # added to the seed for the teacher's crops
 
 
-def for_training(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> Views | None:
-    """The training split's views, or None when ``views.count`` is 0 (the images as they are)."""
+def for_training(seed: int, count_images: int, cfg, image_shape: tuple[int, ...], epochs: int | None = None
+                 ) -> Views | None:
+    """The training split's views, or None when ``views.count`` is 0 (the images as they are).
+    With ``views.teacher: online``, a fresh view of every image in each of the ``epochs``
+    (train_student.epochs): the teacher runs on every batch, so no view needs caching."""
     if cfg.count == 0:
         return None
+    if cfg.teacher == "online":
+        if epochs is None:
+            raise ValueError("views.teacher = online: the students' views need train_student.epochs")
+        per_epoch = cfg.model_copy(update={"count": epochs})
+        return EpochViews(table(seed, count_images, per_epoch, image_shape), per_epoch)
     return Views(table(seed, count_images, cfg, image_shape), cfg)
 
 
 def table(seed: int, count_images: int, cfg, image_shape: tuple[int, ...]) -> np.ndarray:
-    """int32 [count_images, cfg.count, columns]: every view of every image, drawn by its kind."""
-    return VIEW_KINDS[cfg.kind].draw(seed, count_images, cfg, tuple(image_shape))
+    """int32 [count_images, cfg.count, columns]: every view of every image, drawn by its kind,
+    then the mix's columns (partner, ratio or box) when ``views.mix`` is set."""
+    geometry = VIEW_KINDS[cfg.kind].draw(seed, count_images, cfg, tuple(image_shape))
+    if cfg.mix == "none":
+        return geometry
+    if count_images < 2:
+        raise KdflowError(f"views.mix = {cfg.mix}: needs at least 2 training images")
+    shape = (count_images, cfg.count)
+    # any other image, uniformly: draw from n - 1 and skip the image itself
+    partner = uniform(seed, _PARTNER_STREAM, shape, 0, count_images - 1)
+    partner += partner >= np.arange(count_images)[:, None]
+    mix = MIXES[cfg.mix].draw(seed, shape, cfg, tuple(image_shape))
+    return np.concatenate([geometry, partner[..., None], mix], axis=-1).astype(np.int32)
 
 
 def uniform(seed: int, stream: int, shape: tuple[int, ...], minval, maxval, dtype="int32") -> np.ndarray:
@@ -227,16 +278,108 @@ def _crop_identity(cfg) -> str | None:
     return None
 
 
+# ---- mixes: a view of two images (function matching) ----------------------------------------------
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    columns: int  # the partner's index and this many - 1 of the mix's own
+    # (seed, (images, views), views section, image shape) -> int32 [images, views, columns - 1]
+    draw: Callable[[int, tuple[int, int], Any, tuple[int, ...]], np.ndarray] | None
+    # (views, the partners' views, the mix's columns) -> the mixed views
+    apply: Callable[[Any, Any, Any], Any] | None
+    # (the mix's columns, image shape) -> float32 [b], the share of the image's own label
+    weight: Callable[[Any, tuple[int, ...]], Any] | None
+
+
+def beta(seed: int, shape: tuple[int, ...], concentration: float) -> np.ndarray:
+    """float64 Beta(c, c) draws of the mix stream, as the ratio of two stateless gammas."""
+    import tensorflow as tf
+
+    gammas = tf.random.stateless_gamma((*shape, 2), seed=(seed, _MIX_STREAM), alpha=concentration).numpy()
+    gammas = gammas.astype(np.float64)
+    return gammas[..., 0] / np.maximum(gammas.sum(axis=-1), np.finfo(np.float64).tiny)
+
+
+RATIO_SCALE = 1 << 16  # a mixup ratio is stored as an integer multiple of 2^-16: exact in float32
+
+
+def draw_mixup(seed: int, shape: tuple[int, int], cfg, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The image's share of the mixture, max(b, 1 - b) for b ~ Beta(mix_alpha, mix_alpha) (Beyer
+    et al.'s big_vision recipe: the image stays the larger part)."""
+    b = beta(seed, shape, cfg.mix_alpha)
+    return np.rint(np.maximum(b, 1.0 - b) * RATIO_SCALE).astype(np.int32)[..., None]
+
+
+def apply_mixup(views, partner_views, mix):
+    import tensorflow as tf
+
+    ratio = tf.reshape(tf.cast(mix[:, 0], tf.float32) / RATIO_SCALE, [-1, 1, 1, 1])
+    return ratio * views + (1.0 - ratio) * partner_views
+
+
+def mixup_weight(mix, image_shape):
+    import tensorflow as tf
+
+    return tf.cast(mix[:, 0], tf.float32) / RATIO_SCALE
+
+
+def draw_cutmix(seed: int, shape: tuple[int, int], cfg, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The box (y0, x0, h, w) of the partner pasted into the image (Yun et al. 2019): its area
+    (1 - b) of the image for b ~ Beta(mix_alpha, mix_alpha), centred uniformly, clipped to the image."""
+    height, width = image_shape[:2]
+    side = np.sqrt(1.0 - beta(seed, shape, cfg.mix_alpha))
+    centre = uniform(seed, _MIX_STREAM + 1, (*shape, 2), 0.0, 1.0, dtype="float32").astype(np.float64)
+    boxes = []
+    for axis, size in enumerate((height, width)):
+        half, middle = np.rint(side * size) // 2, np.floor(centre[..., axis] * size)
+        low, high = np.clip(middle - half, 0, size), np.clip(middle + half, 0, size)
+        boxes.append((low, high - low))
+    (y0, h), (x0, w) = boxes
+    return np.stack([y0, x0, h, w], axis=-1).astype(np.int32)
+
+
+def _box_mask(mix, height: int, width: int):
+    import tensorflow as tf
+
+    y, x = tf.range(height)[None, :], tf.range(width)[None, :]
+    rows = (y >= mix[:, 0:1]) & (y < mix[:, 0:1] + mix[:, 2:3])
+    cols = (x >= mix[:, 1:2]) & (x < mix[:, 1:2] + mix[:, 3:4])
+    return rows[:, :, None, None] & cols[:, None, :, None]
+
+
+def apply_cutmix(views, partner_views, mix):
+    import tensorflow as tf
+
+    return tf.where(_box_mask(mix, views.shape[1], views.shape[2]), partner_views, views)
+
+
+def cutmix_weight(mix, image_shape):
+    import tensorflow as tf
+
+    height, width = image_shape[:2]
+    return 1.0 - tf.cast(mix[:, 2] * mix[:, 3], tf.float32) / float(height * width)
+
+
+MIXES: Registry[Mix] = Registry("mix", "views.mix", lambda mixes: {})
+MIXES.add(Mix("none", 0, None, None, None))
+MIXES.add(Mix("mixup", 2, draw_mixup, apply_mixup, mixup_weight))
+MIXES.add(Mix("cutmix", 5, draw_cutmix, apply_cutmix, cutmix_weight))
+
+
 # ---- the registry -------------------------------------------------------------------------------------
 
 def _compose(kinds: Registry[ViewKind]) -> dict[str, type]:
     def check(self):
         why = kinds[self.kind].identity(self)
-        if self.count > 0 and why:
-            raise ValueError(f"count = {self.count} with {why}, or views.count: 0")
+        if self.count > 0 and why and self.mix == "none":
+            raise ValueError(f"count = {self.count} with {why}, or views.mix, or views.count: 0")
         return self
 
-    return {"views": flat_section(ViewsParams, kinds, "kind", check)}
+    section = flat_section(ViewsParams, kinds, "kind", check)
+    mix = Literal[MIXES.names()]  # type: ignore[valid-type]
+    default = ViewsParams.model_fields["mix"].default
+    return {"views": compose_section("ViewsParams", (section,), {"mix": (mix, default)})}
 
 
 VIEW_KINDS: Registry[ViewKind] = Registry("view kind", "views.kind", _compose)
@@ -248,4 +391,5 @@ def knobs(cfg) -> dict[str, Any]:
     """The keys of ``views`` that shape its views: the common ones and its kind's (for the report)."""
     kind = VIEW_KINDS[cfg.kind]
     own = tuple(kind.section.model_fields) if kind.section else ()
-    return {f"views.{key}": getattr(cfg, key) for key in ("count", "kind", *own, "flip")}
+    mix = ("mix", "mix_alpha") if cfg.mix != "none" else ("mix",)
+    return {f"views.{key}": getattr(cfg, key) for key in ("count", "kind", *own, "flip", *mix, "teacher")}

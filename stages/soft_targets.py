@@ -18,9 +18,12 @@ def main() -> None:
     from kdflow.paths import SOFT_TARGETS_DIR
 
     repro.make_deterministic(params.seed)
-    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
+    # the online teacher (views.teacher) runs in distill: only the images as they are are cached
+    train_views = None
+    if params.views.teacher == "cached":
+        train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
     teacher = artifacts.load_role("teacher", safe_mode=params.teacher.safe_mode)
-    cache = soft_targets.compute(teacher, data, train_views, params.views.top_k)
+    cache = soft_targets.compute(teacher, data, train_views, params.views.top_k, params.views.cache_dtype)
     soft_targets.save(cache, data)
     size = sum(f.stat().st_size for f in SOFT_TARGETS_DIR.iterdir())
     print(f"soft_targets: {', '.join(f'{k} {v.shape}' for k, v in cache.items())} -> {SOFT_TARGETS_DIR}/ "

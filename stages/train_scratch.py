@@ -22,7 +22,8 @@ def main() -> None:
     from kdflow.io import atomic_dir, write_json
     from kdflow.paths import PREPARED_DIR, live_dir, metrics_file
 
-    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
+    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape,
+                                     params.train_student.epochs)
     with resume.run_dir("train_scratch", params, [PREPARED_DIR]) as run_dir:
         with atomic_dir(live_dir("train_scratch")) as log_dir:
             trained = students.train_students(params.student, params.train_student, params.repeats, params.seed, data,

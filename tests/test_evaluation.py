@@ -37,7 +37,29 @@ def test_evaluate_logits_per_class_accuracy_and_teacher_agreement():
     assert result["accuracy"] == 0.75
     assert result["per_class_accuracy"] == {"cat": 1.0, "dog": 1.0, "eel": 0.5}
     assert result["teacher_agreement"] == 0.5
+    assert result["teacher_top5_agreement"] == 1.0  # 3 classes: the teacher's class is always in the top 5
+    # KL(teacher || student) at T = 1, by hand: 0 for the two rows that agree, the same for the two that do not
+    p, q = softmax(teacher, axis=1), softmax(logits, axis=1)
+    assert result["teacher_kl"] == pytest.approx(np.mean(np.sum(p * np.log(p / q), axis=1)), abs=1e-6)
+    assert result["teacher_kl"] > 0
     np.testing.assert_allclose(result["loss"], -np.mean(np.log(softmax(logits, axis=1)[np.arange(4), y])), rtol=1e-5)
+
+
+def test_top5_agreement_counts_the_teachers_class_in_the_students_top_five():
+    teacher = np.zeros((2, 8))
+    teacher[0, 7] = teacher[1, 0] = 5.0
+    student = np.tile(np.arange(8.0), (2, 1))  # top 5: classes 7, 6, 5, 4, 3
+    result = evaluate_logits(student, np.array([7, 0]), [str(c) for c in range(8)], teacher)
+    assert result["teacher_agreement"] == 0.5 and result["teacher_top5_agreement"] == 0.5
+
+
+def test_fidelity_is_kept_per_repeat():
+    per = [{"accuracy": 0.9, "teacher_agreement": 0.95, "teacher_top5_agreement": 1.0, "teacher_kl": 0.1},
+           {"accuracy": 0.8, "teacher_agreement": 0.85, "teacher_top5_agreement": 0.99, "teacher_kl": 0.3}]
+    s = summarize_repeats(per)
+    assert s["fidelity_per_repeat"] == {"teacher_agreement": [0.95, 0.85], "teacher_top5_agreement": [1.0, 0.99],
+                                        "teacher_kl": [0.1, 0.3]}
+    assert s["teacher_kl_mean"] == pytest.approx(0.2) and s["teacher_top5_agreement_mean"] == pytest.approx(0.995)
 
 
 def test_summary_over_repeats_and_paired_gain():

@@ -293,6 +293,10 @@ def test_own_npz_data_and_own_teacher_run_end_to_end(byo_repo):
     assert ("evaluate: WARNING: teacher val accuracy" in first) == (not check["teacher_clearly_better"])
     assert ("> **Teacher check**" in (repo / "reports/summary.md").read_text()) == (not check["teacher_clearly_better"])
     assert "hint_loss" in json.loads((repo / "metrics/distill.json").read_text())["repeat_0"]
+    # cutmix views: the cache holds the partner and the box of every view, its logits in float16
+    views_table = np.load(repo / "data/soft_targets/train_views-00000.npy")
+    assert views_table.shape[-1] == 3 + 5 and np.load(repo / "data/soft_targets/train-00000.npy").dtype == np.float16
+    assert "fidelity_per_repeat" in evaluate["student_distilled"] and "teacher_kl_mean" in evaluate["student_scratch"]
 
     # New data under the same name: `dvc add` records it and the whole pipeline is out of date.
     with np.load(repo / "inputs/mine.npz") as npz:

@@ -6,13 +6,14 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import make_prepared, section
 from kdflow import soft_targets, views
 from kdflow.distillation import TEACHER_LOGITS
 from kdflow.errors import KdflowError
 from kdflow.extensions import validate_all
-from kdflow.objective import LABELS
+from kdflow.objective import LABEL_WEIGHT, LABELS, PARTNER_LABELS, label_ce
 from kdflow.training import make_dataset
 
 # Each registered kind with keys that make its views differ from the images: a new kind adds its line.
@@ -43,10 +44,19 @@ def identity_teacher(shape):
     return keras.Model(inputs, keras.layers.Flatten()(inputs))
 
 
-@pytest.mark.parametrize("kind", KIND_KEYS)
-def test_the_student_sees_the_view_the_teacher_saw_with_its_cached_output(kind):
+# every kind unmixed, and every mix once (on one kind each)
+KIND_MIXES = [(kind, "none") for kind in KIND_KEYS] + [("shift", "mixup"), ("crop", "cutmix")]
+
+
+def test_every_mix_is_tested_here():
+    assert {mix for _, mix in KIND_MIXES} == set(views.MIXES.names())
+
+
+@pytest.mark.parametrize("kind, mix", KIND_MIXES)
+def test_the_student_sees_the_view_the_teacher_saw_with_its_cached_output(kind, mix):
     data = make_prepared(n_per_class=12, shape=(8, 8, 1))
-    train_views = views.for_training(3, len(data.xy("train")[1]), views_cfg(kind, count=4, flip=True), data.input_shape)
+    cfg = views_cfg(kind, count=4, flip=True, mix=mix)
+    train_views = views.for_training(3, len(data.xy("train")[1]), cfg, data.input_shape)
     cache = soft_targets.compute(identity_teacher(data.input_shape), data, train_views)
     (x, y), n = data.xy("train"), len(data.xy("train")[1])
     assert cache["train"].shape == (n, 4, 64) and cache["val"].shape == (len(data.xy("val")[1]), 64)
@@ -76,6 +86,75 @@ def test_paired_students_see_identical_view_sequences(kind):
     assert any(not np.array_equal(a, b) for a, b in zip(scratch, images(12, False)))  # another repeat differs
     # the view of a sample in an epoch is views.choice(seed, epoch)[i]: a pure function
     np.testing.assert_array_equal(views.choice(11, 2, 50, 4).numpy()[:len(y)], views.choice(11, 2, len(y), 4).numpy())
+
+
+# ---- mixes -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_a_mixed_view_is_two_views_mixed_and_its_label_the_mixed_label(mix):
+    data = make_prepared(n_per_class=12, shape=(8, 8, 1))
+    (x, y), n = data.xy("train"), len(data.xy("train")[1])
+    train_views = views.for_training(3, n, views_cfg("shift", count=4, mix=mix), data.input_shape)
+    table = train_views.table
+    partner = table[..., -views.MIXES[mix].columns]
+    assert table.shape[:2] == (n, 4) and (partner != np.arange(n)[:, None]).all() and partner.max() < n
+    assert len(np.unique(partner)) > n // 2  # partners spread over the whole split
+    # the table is a pure function of the seed: drawn again, the same
+    np.testing.assert_array_equal(table, views.for_training(3, n, train_views.cfg, data.input_shape).table)
+    plain = views.Views(table[..., :3], views_cfg("shift", count=4))  # the same geometry, unmixed
+    rows, view = table[:, 1], 1
+    mates = partner[:, view]
+    own, other = plain.apply(x, rows[:, :3]).numpy(), plain.apply(x[mates], table[mates, view, :3]).numpy()
+    mixed = train_views.apply(x, rows, x[mates], table[mates, view]).numpy()
+    weight = train_views.label_weight(rows, data.input_shape).numpy()
+    if mix == "mixup":
+        assert (weight >= 0.5).all() and (weight <= 1).all() and weight.std() > 0.05  # max(b, 1 - b), b ~ U(0, 1)
+        w = weight[:, None, None, None]
+        np.testing.assert_allclose(mixed, w * own + (1 - w) * other, rtol=1e-6, atol=1e-7)
+    else:
+        y0, x0, h, w = (rows[:, -4 + i] for i in range(4))
+        for i in range(n):  # the partner's pixels inside the box, the image's outside
+            inside = np.zeros((8, 8, 1), bool)
+            inside[y0[i]:y0[i] + h[i], x0[i]:x0[i] + w[i]] = True
+            np.testing.assert_array_equal(mixed[i], np.where(inside, other[i], own[i]))
+            assert weight[i] == pytest.approx(1 - inside.mean())
+        assert (h * w > 0).any() and (weight < 1).mean() > 0.5
+    # the students' batches carry the partner's label and the image's share of the mixed label
+    for images, batch in make_dataset(x, {LABELS: y}, 16, seed=5, epochs=range(1), views=train_views):
+        assert set(batch) == {LABELS, PARTNER_LABELS, LABEL_WEIGHT}
+        assert (batch[LABEL_WEIGHT].numpy() <= 1).all()
+        break
+    chosen = views.choice(5, 0, n, 4).numpy()
+    seed = tf.constant([5, 0], tf.int64)  # make_dataset's order of epoch 0 for seed 5
+    order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed).numpy()[:16]
+    np.testing.assert_array_equal(batch[PARTNER_LABELS].numpy(), y[partner[order, chosen[order]]])
+
+
+def test_the_mixed_label_loss_is_the_cross_entropy_with_the_mixed_one_hot():
+    logits = tf.constant(np.random.default_rng(0).normal(size=(6, 3)), tf.float32)
+    labels, partners = tf.constant([0, 1, 2, 0, 1, 2]), tf.constant([1, 1, 0, 2, 0, 0])
+    weight = tf.constant([1.0, 0.5, 0.75, 0.6, 0.9, 0.55])
+    mixed = weight[:, None] * tf.one_hot(labels, 3) + (1 - weight[:, None]) * tf.one_hot(partners, 3)
+    expected = tf.nn.softmax_cross_entropy_with_logits(labels=mixed, logits=logits)
+    got = label_ce({LABELS: labels, PARTNER_LABELS: partners, LABEL_WEIGHT: weight}, logits)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"mix": "blend"}, "views.mix = 'blend'"),
+    ({"mix": "mixup", "mix_alpha": 0}, "views.mix_alpha = 0"),
+    ({"teacher": "live"}, "views.teacher = 'live'"),
+    ({"cache_dtype": "int8"}, "views.cache_dtype = 'int8'"),
+])
+def test_bad_mix_keys_are_one_line(keys, message):
+    with pytest.raises(KdflowError, match=re.escape(message)):
+        validate_all({"views": keys})
+
+
+def test_a_mix_makes_views_of_an_unshifted_image():
+    assert section("views", shift=0, mix="mixup").mix == "mixup"  # not refused as "every view is the image"
+    with pytest.raises(KdflowError, match="every view would be the image itself"):
+        validate_all({"views": {"shift": 0}})
 
 
 # ---- shift -------------------------------------------------------------------------------------
@@ -225,3 +304,49 @@ def test_a_top_k_cache_keeps_the_top_probabilities_and_spreads_the_rest(tmp_path
     # read by rows, as the student's batches ask: the rows asked for, expanded
     rows = np.array([3, 0, 3])
     np.testing.assert_array_equal(loaded.take(rows), np.asarray(loaded)[rows])
+
+
+def test_a_float16_cache_is_half_the_size_and_reads_back_as_float32(tmp_path):
+    data = binary_data()
+    cached = drawn(data, count=4, shift=1)
+    teacher = exact_teacher(data.input_shape, data.num_classes)
+    full = soft_targets.compute(teacher, data, cached)
+    for dtype in ("float32", "float16"):
+        soft_targets.save(soft_targets.compute(teacher, data, cached, dtype=dtype), data, tmp_path / dtype)
+    sizes = {dtype: sum(f.stat().st_size for f in (tmp_path / dtype).glob("train-*.npy"))
+             for dtype in ("float32", "float16")}
+    assert sizes["float16"] < 0.55 * sizes["float32"]
+    loaded = soft_targets.load(data, cached, path=tmp_path / "float16")["train"]
+    assert loaded.dtype == np.float32 and loaded.take(np.array([2, 0])).dtype == np.float32
+    np.testing.assert_array_equal(loaded[:], full["train"].astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(loaded[:], full["train"], rtol=1e-3)  # half precision: 3 significant digits
+
+
+def test_the_online_teacher_gives_the_teacher_outputs_on_the_batch_and_reruns_bit_identically():
+    from conftest import distilled_students, validated
+    from kdflow import distillation
+
+    data = make_prepared(n_per_class=8, shape=(8, 8, 1))
+    n = len(data.xy("train")[1])
+    params = validated(repeats=1, views={"count": 1, "shift": 1, "mix": "mixup", "teacher": "online"})
+    fresh = views.for_training(params.seed, n, params.views, data.input_shape, params.train_student.epochs)
+    assert isinstance(fresh, views.EpochViews) and fresh.count == params.train_student.epochs == 2
+    assert not np.array_equal(fresh.table[:, 0], fresh.table[:, 1])  # a fresh view in each epoch
+    teacher = exact_teacher(data.input_shape, data.num_classes)
+    goal = distillation.objective(0.5, 4.0, params.distill, teacher=teacher)
+    x = tf.constant(data.xy("val")[0][:5])
+    online = goal.targets(x, {LABELS: tf.constant([0, 1, 2, 0, 1])})
+    np.testing.assert_array_equal(online[TEACHER_LOGITS].numpy(), teacher(x, training=False).numpy())
+    cached = {TEACHER_LOGITS: tf.zeros((5, 3))}  # validation's outputs stay the cached ones
+    assert goal.targets(x, cached) is cached
+    cache = soft_targets.compute(teacher, data)  # the images as they are (soft_targets without views)
+
+    def weights():
+        return [w for model, _ in distilled_students(params, data, cache, views=fresh, teacher=teacher)
+                for w in model.get_weights()]
+
+    first = weights()
+    for a, b in zip(first, weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(KdflowError, match="views.teacher = online: distill.method = fitnet needs the teacher's"):
+        distillation.objective(0.5, 4.0, section("distill", method="fitnet"), teacher=teacher)

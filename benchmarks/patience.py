@@ -1,0 +1,101 @@
+"""Where the gain of a longer schedule saturates (``python -m benchmarks.patience``): the paired
+distilled and scratch students of the workspace's recipe, trained for each of ``--epochs``.
+
+From the workspace after `dvc repro` (the trained teacher, the prepared data, params.yaml, with
+``-S key=value`` overrides as `dvc exp run` takes them): the teacher's outputs are cached for
+the views, then for every schedule ``--repeats`` distilled and scratch students train as
+`distill` and `train_scratch` train them (paired by seed). Printed per schedule: validation
+accuracy of both and the paired validation gain (what a choice may look at), and test
+accuracy and fidelity to the teacher for the record. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _override(raw: dict, assignment: str) -> None:
+    key, _, value = assignment.partition("=")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+
+
+def schedules(epochs: list[int], repeats: int, overrides: list[str]) -> dict:
+    import numpy as np
+
+    from kdflow import artifacts, distillation, repro, soft_targets, students, views
+    from kdflow.data import load_prepared
+    from kdflow.evaluation import fidelity, paired_gain
+    from kdflow.extensions import validate_all
+    from kdflow.inference import predict_logits
+    from kdflow.paths import PARAMS_FILE
+
+    raw = yaml.safe_load(open(PARAMS_FILE))
+    for assignment in overrides:
+        _override(raw, assignment)
+    params = validate_all(raw)
+    data = load_prepared(("train", "val", "test"))
+    x_test, y_test = data.xy("test")
+    repro.make_deterministic(params.seed)
+    teacher = artifacts.load_role("teacher", safe_mode=params.teacher.safe_mode)
+    teacher_test = predict_logits(teacher, x_test)
+    n = len(data.xy("train")[1])
+    report = {"overrides": overrides, "views": views.knobs(params.views), "alpha": params.alpha,
+              "temperature": params.temperature, "repeats": repeats, "schedules": {}}
+    cache = None
+    if params.views.teacher == "cached":
+        cache = soft_targets.compute(teacher, data, views.for_training(params.seed, n, params.views, data.input_shape))
+    for count in epochs:
+        train_cfg = params.train_student.model_copy(update={"epochs": count})
+        drawn = views.for_training(params.seed, n, params.views, data.input_shape, count)
+        online = params.views.teacher == "online"
+        if online:
+            cache = soft_targets.compute(teacher, data)
+        start = time.perf_counter()
+        trained = {
+            "distilled": list(distillation.train_students(
+                params.student, train_cfg, repeats, params.seed, data, cache, alpha=params.alpha,
+                temperature=params.temperature, distill_cfg=params.distill, views=drawn,
+                teacher=teacher if online else None)),
+            "scratch": list(students.train_students(params.student, train_cfg, repeats, params.seed, data,
+                                                    role="student_scratch", views=drawn)),
+        }
+        entry = {"seconds": round(time.perf_counter() - start, 1)}
+        for role, models in trained.items():
+            logits = [predict_logits(model, x_test) for model, _ in models]
+            entry[role] = {"val_accuracy": [s["val_accuracy"] for _, s in models],
+                           "test_accuracy": [round(float(np.mean(z.argmax(1) == y_test)), 6) for z in logits],
+                           "teacher_agreement": [fidelity(z, teacher_test)["teacher_agreement"] for z in logits],
+                           "teacher_kl": [fidelity(z, teacher_test)["teacher_kl"] for z in logits]}
+        entry["val_kd_gain"] = paired_gain(entry["distilled"]["val_accuracy"], entry["scratch"]["val_accuracy"])
+        entry["test_kd_gain"] = paired_gain(entry["distilled"]["test_accuracy"], entry["scratch"]["test_accuracy"])
+        report["schedules"][count] = entry
+        print(f"benchmark patience {count} epochs: {json.dumps(entry)}", flush=True)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", default="100,200,400", help="comma-separated schedules")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value, as dvc exp run -S")
+    args = parser.parse_args()
+    with contextlib.redirect_stdout(sys.stderr):
+        report = schedules([int(e) for e in args.epochs.split(",")], args.repeats, args.overrides)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
