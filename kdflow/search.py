@@ -1,7 +1,7 @@
 """The recipe search: a grid of distillation recipes run as DVC experiments, ranked on the
 validation split (kdflow.selection), the best applied to the workspace.
 
-    kdflow search                                  # the default grid below (14 recipes)
+    kdflow search                                  # the default grid below (20 recipes)
     kdflow search -S alpha=0.1,0.5 -S temperature=1,2,4 -S distill.method=kd,dkd -j 2
 
 (`python -m kdflow.search` is the same command.)
@@ -37,10 +37,13 @@ from kdflow.paths import PARAMS_FILE, SELECTION_DIR
 from kdflow.selection import Experiment, _flat, exp_show, experiments, ranked, table
 from kdflow.teacher_check import warning as teacher_warning
 
-# The grid when no -S is given: the KD knobs that matter most (docs/methods.md), with and without
-# the views: on small images the default shifts can cost the scratch students more than the
-# teacher gives back (8x8 digits, docs/results.md). Views are chosen on the scratch students first.
-DEFAULT_GRID = {"views.count": [0, "<workspace>"], "alpha": [0.1, 0.5, 0.9], "temperature": [2.0, 4.0]}
+# The grid when no -S is given: the KD knobs that mattered most (docs/results.md), with and without
+# the views, and with the views unmixed, mixup and cutmix (function matching): on small images the
+# default shifts can cost the scratch students more than the teacher gives back (8x8 digits), and
+# a mix can help either student. Views are chosen on the scratch students first. Without views
+# there is nothing to mix: 4 view settings x 4 recipes + their 4 alpha = 1 runs.
+DEFAULT_GRID = {"views.count": [0, "<workspace>"], "views.mix": ["none", "mixup", "cutmix"],
+                "alpha": [0.1, 0.5], "temperature": [2.0, 4.0]}
 
 
 def default_grid(workspace: dict) -> dict[str, list]:

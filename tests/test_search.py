@@ -17,11 +17,17 @@ def test_the_grid_always_holds_no_distillation_once_and_refuses_unknown_params()
     # alpha = 1 with kd ignores the temperature: one recipe for it, first, whatever the grid says.
     assert found == [NO_DISTILLATION, {"alpha": 0.5, "temperature": 2}, {"alpha": 0.5, "temperature": 4}]
     assert recipes({"temperature": [4]}, WORKSPACE) == [NO_DISTILLATION, {"temperature": 4}]
-    # The default grid: with and without the workspace's views, each with its own alpha = 1.
+    # The default grid: without views, and the workspace's views unmixed, mixup and cutmix, each
+    # with its own alpha = 1.
     default = recipes(default_grid({**WORKSPACE, "views.count": 8}), {**WORKSPACE, "views.count": 8})
-    assert len(default) == 14 and default[:2] == [{"views.count": 0, **NO_DISTILLATION},
-                                                  {"views.count": 8, **NO_DISTILLATION}]
+    assert len(default) == 20 and default[:4] == [{"views.count": 0, **NO_DISTILLATION}] + [
+        {"views.count": 8, "views.mix": mix, **NO_DISTILLATION} for mix in ("none", "mixup", "cutmix")]
     assert default_grid({**WORKSPACE, "views.count": 0})["views.count"] == [0]
+    # Without views, how views would be mixed changes nothing: one recipe, not one per mix.
+    no_views = recipes({"views.count": [0, 8], "views.mix": ["none", "mixup"]}, {**WORKSPACE, "views.count": 8})
+    assert no_views[:3] == [{"views.count": 0, **NO_DISTILLATION},
+                            {"views.count": 8, "views.mix": "none", **NO_DISTILLATION},
+                            {"views.count": 8, "views.mix": "mixup", **NO_DISTILLATION}] and len(no_views) == 6
     # With another method alpha = 1 still means "kd without the soft term": the scratch students.
     assert recipes({"distill.method": ["dkd"]}, WORKSPACE)[0] == NO_DISTILLATION
     with pytest.raises(KdflowError, match="-S alpah: no such param"):
