@@ -99,22 +99,38 @@ def recipes(grid: dict[str, list], workspace: dict) -> list[dict]:
     return found
 
 
-def choose(done: list[tuple[dict, Experiment]]) -> tuple[list[Experiment], dict | None]:
-    """The ranking to choose from, and the baseline setting chosen first when the grid varies
+def choose(done: list[tuple[dict, Experiment]]) -> tuple[list[Experiment], list[dict] | None]:
+    """The ranking to choose from, and the baseline settings chosen first when the grid varies
     what the scratch students train on (None when it does not). A recipe must not win by
-    weakening its own baseline: the setting whose scratch students are best on validation is
-    chosen first, then the recipes within it are ranked by their paired validation KD gain."""
+    weakening its own baseline: first the setting whose scratch students are best on validation,
+    with every setting whose scratch students are not clearly worse than them (``tied``: the
+    paired 95% CI of the difference, over the same seeds, reaches zero); then the recipes within
+    those settings are ranked by their paired validation KD gain. Without the tie a choice could
+    hinge on one validation image (docs/results.md#function-matching)."""
     settings: list[dict] = []
     for recipe, _ in done:
         if baseline_part(recipe) not in settings:
             settings.append(baseline_part(recipe))
     if len(settings) == 1:
         return ranked([e for _, e in done]), None
-    scratch = {i: max(e.val_mean("scratch") for r, e in done if baseline_part(r) == setting)
+    # every experiment of a setting trains the same scratch students: any one of them says
+    scratch = {i: next(e for r, e in done if baseline_part(r) == setting).val["scratch"]
                for i, setting in enumerate(settings)}
-    best = settings[max(scratch, key=scratch.get)]  # ties: the first setting
-    within = ranked([e for r, e in done if baseline_part(r) == best])
-    return within + [e for e in ranked([e for _, e in done]) if e not in within], best
+    top = max(scratch, key=lambda i: sum(scratch[i]) / len(scratch[i]))  # ties: the first setting
+    chosen = [setting for i, setting in enumerate(settings) if i == top or tied(scratch[i], scratch[top])]
+    within = ranked([e for r, e in done if baseline_part(r) in chosen])
+    return within + [e for e in ranked([e for _, e in done]) if e not in within], chosen
+
+
+def tied(scratch: list[float], best: list[float]) -> bool:
+    """Whether scratch students are not clearly worse than the best ones on validation: their
+    paired difference's 95% CI reaches zero (never with one repeat, or unpaired repeats)."""
+    from kdflow.evaluation import paired_gain
+
+    if len(scratch) != len(best) or len(scratch) < 2:
+        return scratch == best
+    high = paired_gain(scratch, best)["ci95_high"]
+    return high is not None and high >= 0
 
 
 def _unflat(flat: dict) -> dict:
@@ -391,10 +407,18 @@ def _label(recipe: dict) -> str:
     return ", ".join(f"{k}={_yaml(v)}" for k, v in recipe.items())
 
 
-def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment], setting: dict | None = None,
+def _settings_label(settings: list[dict]) -> str:
+    """The baseline settings chosen first, in words."""
+    names = [f"`{_label(s) or 'the workspace'}`" for s in settings]
+    if len(names) == 1:
+        return f"{names[0]}, whose scratch students are the best on validation"
+    return f"{', '.join(names[:-1])} and {names[-1]}, whose scratch students are tied on validation (within the noise)"
+
+
+def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment], settings: list[dict] | None = None,
                   directory: Path = SELECTION_DIR) -> None:
     """ranking.md (the table), ranking.json (the numbers) and ranking.png (the plot), in ``order``;
-    ``setting``: the baseline setting chosen first on the scratch students (kdflow.search.choose)."""
+    ``settings``: the baseline settings chosen first on the scratch students (kdflow.search.choose)."""
     import json
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -406,16 +430,16 @@ def write_outputs(results: list[tuple[dict, Experiment]], order: list[Experiment
                      "val_distilled": round(e.val_mean("distilled"), 6), "val_scratch": round(e.val_mean("scratch"), 6),
                      "test_kd_gain_not_used": e.test_kd_gain})
     (directory / "ranking.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    first = "" if setting is None else (
-        f"First the setting `{_label(setting)}`, whose scratch students are the best on validation; its recipes come "
-        "first, the other settings' after them.\n\n")
+    first = "" if settings is None else (
+        f"First the settings {_settings_label(settings)}; their recipes come first, the other settings' after "
+        "them.\n\n")
     (directory / "ranking.md").write_text(
         "# Recipe search: ranked by the mean paired validation KD gain\n\n" + first
         + table(order, ordered=True) + "\n\nThe first row is the choice (`dvc exp apply`).\n")
-    _plot(rows, directory / "ranking.png", setting)
+    _plot(rows, directory / "ranking.png", settings)
 
 
-def _plot(rows: list[dict], path: Path, setting: dict | None) -> None:
+def _plot(rows: list[dict], path: Path, settings: list[dict] | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -435,8 +459,9 @@ def _plot(rows: list[dict], path: Path, setting: dict | None) -> None:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [_label(r["recipe"]) for r in rows], fontsize="small")
     title = "Recipe search on validation, best first"
-    if setting is not None:
-        title += f"\n{_label(setting)} chosen first, on the scratch students"
+    if settings is not None:
+        chosen = " or ".join(_label(s) or "the workspace" for s in settings)
+        title += f"\n{chosen} chosen first, on the scratch students"
     ax.set(xlabel="paired KD gain, points of accuracy (distilled − scratch), 95% CI", title=title)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
@@ -472,15 +497,15 @@ def command(args: argparse.Namespace) -> None:
     done = [(r, e) for r, e, _ in results if e is not None]
     if not done:
         raise KdflowError("every recipe failed: see `dvc queue status` and `dvc queue logs <name>`")
-    order, setting = choose(done)
-    write_outputs(done, order, setting)
+    order, settings = choose(done)
+    write_outputs(done, order, settings)
     best = order[0]
     recipe = next(r for r, e in done if e is best)
     gain = best.val_gain("distilled", "scratch")
     print(table(order, ordered=True))
-    if setting is not None:
-        print(f"search: first chosen by the scratch students' validation accuracy: {_label(setting) or 'the workspace'}"
-              f" ({best.val_mean('scratch'):.4f}); then the recipes within it by their paired validation KD gain")
+    if settings is not None:
+        print(f"search: first chosen by the scratch students' validation accuracy: {_settings_label(settings)}; "
+              f"then the recipes within {'it' if len(settings) == 1 else 'them'} by their paired validation KD gain")
     print(f"search: best on validation: {_label(recipe)} (experiment {best.name}), val KD gain "
           f"{gain['mean'] * 100:+.2f} points; table and plot in {SELECTION_DIR}/")
     if args.no_apply:

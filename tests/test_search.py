@@ -4,7 +4,7 @@ them (the real queue, apply and resume run in tests/test_pipeline_dvc.py)."""
 import pytest
 
 from kdflow.errors import KdflowError
-from kdflow.search import NO_DISTILLATION, _same, choose, default_grid, parse_grid, recipes
+from kdflow.search import NO_DISTILLATION, _same, choose, default_grid, parse_grid, recipes, tied
 from kdflow.selection import Experiment, experiments, ranked
 
 WORKSPACE = {"alpha": 0.1, "temperature": 2.0, "distill.method": "kd", "train_student.patience": None}
@@ -91,11 +91,34 @@ def test_a_grid_over_the_views_chooses_them_on_the_scratch_students_first():
     plain, crippled = [0.98, 0.985, 0.975], [0.85, 0.86, 0.84]
     done = list(zip(found, [exp("no-kd-0", plain, plain), exp("no-kd-8", crippled, crippled),
                             exp("kd-0", [0.985, 0.99, 0.98], plain), exp("kd-8", [0.95, 0.96, 0.94], crippled)]))
-    order, setting = choose(done)
-    assert setting == {"views.count": 0}
+    order, settings = choose(done)
+    assert settings == [{"views.count": 0}]
     assert [e.name for e in order] == ["kd-0", "no-kd-0", "kd-8", "no-kd-8"]
-    order, setting = choose(done[1::2])  # one setting only: ranked by the KD gain alone
-    assert setting is None and [e.name for e in order] == ["kd-8", "no-kd-8"]
+    order, settings = choose(done[1::2])  # one setting only: ranked by the KD gain alone
+    assert settings is None and [e.name for e in order] == ["kd-8", "no-kd-8"]
+
+
+def test_settings_whose_scratch_students_are_within_the_noise_of_the_best_are_tied():
+    """The embedded digits' first function-matching search: mixup's scratch students led by 0.16
+    points (paired CI [-1.08, +0.76]), cutmix's trailed by 1.24 [-2.21, -0.27]. Mixup and no mix
+    are tied, so the KD recipes of both compete; cutmix's gain over its weaker baseline does not."""
+    found = recipes({"views.mix": ["none", "mixup", "cutmix"], "alpha": [0.1]}, WORKSPACE)
+
+    def exp(name, distilled, scratch):
+        return Experiment(name, {}, {"distilled": distilled, "scratch": scratch, "plain": scratch}, None)
+
+    none, mixup, cutmix = ([0.966, 0.962, 0.972, 0.974, 0.964], [0.976, 0.97, 0.97, 0.966, 0.964],
+                           [0.95, 0.96, 0.96, 0.956, 0.958])
+    done = list(zip(found, [exp("no-kd-none", none, none), exp("no-kd-mixup", mixup, mixup),
+                            exp("no-kd-cutmix", cutmix, cutmix),
+                            exp("kd-none", [0.972, 0.972, 0.976, 0.976, 0.972], none),
+                            exp("kd-mixup", [0.964, 0.962, 0.966, 0.962, 0.962], mixup),
+                            exp("kd-cutmix", [0.972, 0.974, 0.972, 0.974, 0.972], cutmix)]))
+    order, settings = choose(done)
+    assert settings == [{"views.mix": "none"}, {"views.mix": "mixup"}]
+    assert [e.name for e in order][:4] == ["kd-none", "no-kd-none", "no-kd-mixup", "kd-mixup"]
+    assert order[4].name == "kd-cutmix"  # the largest gain, over a baseline clearly weaker
+    assert not tied([0.95, 0.96], [0.97, 0.98]) and tied([0.97], [0.97]) and not tied([0.96], [0.97])
 
 
 def test_runs_are_read_from_dvcs_executor_state_and_duplicates_are_said(capsys):
