@@ -2,7 +2,8 @@
 (3,500 training digits) and teacher architecture (ResNet-20; untrained: timing only, any logits
 cost the same to read):
 
-- epoch times in interleaved rounds (as ``training_speed``): the scratch student on mixup views
+- epoch times in interleaved rounds (as ``training_speed``; every variant reads the images from
+  shards on disk, as the stages do): the scratch student on mixup views
   (an A/A control: a second, identical one), the distilled student reading the teacher's
   cached outputs for those views from shards on disk (as `distill` does), with 8 and with 256
   views per image (the latter, ``many_views``, stored as float16), and the online consistent teacher
@@ -36,7 +37,10 @@ def mixes_report(quick: bool) -> dict:
     from kdflow.data import Prepared, content_hash
     from kdflow.distillation import TEACHER_LOGITS
     from kdflow.extensions import load_all
+    from kdflow.io import RowBlocks
     from kdflow.objective import LABELS, training_model
+    from kdflow.shards import ShardedArray
+    from kdflow.shards import write as write_shards
     from kdflow.params import TrainParams
     from kdflow.sources import load
     from kdflow.splits import split
@@ -61,7 +65,8 @@ def mixes_report(quick: bool) -> dict:
     on_disk = {}
     try:
         for count in cache_views:
-            drawn = views.for_training(committed.seed, len(x), mixed.model_copy(update={"count": count}), data.input_shape)
+            cfg_count = mixed.model_copy(update={"count": count})
+            drawn = views.for_training(committed.seed, len(x), cfg_count, data.input_shape)
             start = time.perf_counter()
             full = soft_targets.compute(teacher, data, drawn)
             seconds = time.perf_counter() - start
@@ -81,6 +86,10 @@ def mixes_report(quick: bool) -> dict:
             on_disk[count] = (drawn, workdir / f"{count}_{'float32' if count == cache_views[0] else 'float16'}")
             print(f"benchmark mixes cache {count} views: {entry}", flush=True)
 
+        # every variant reads the images (and a mixed view's partners) from shards on disk, as the stages do
+        write_shards(workdir / "images", "x", RowBlocks.of(x))
+        x_on_disk = ShardedArray(workdir / "images", "x")
+
         def student():
             repro.make_deterministic(0)
             return architectures.build(committed.student, data.input_shape, 10, "student")
@@ -94,7 +103,7 @@ def mixes_report(quick: bool) -> dict:
 
             def train_round():
                 timer = EpochTimer()
-                fit(model, (x, {LABELS: y, **targets}), (x_val, {LABELS: y_val, **val_targets}), cfg, 0,
+                fit(model, (x_on_disk, {LABELS: y, **targets}), (x_val, {LABELS: y_val, **val_targets}), cfg, 0,
                     [*goal_.callbacks(), timer], views=drawn)
                 return timer.times
             return train_round
@@ -108,7 +117,8 @@ def mixes_report(quick: bool) -> dict:
             "scratch_mixed": variant(objective.HARD_LABELS, on_disk[few][0], {}),
             "scratch_mixed_control": variant(objective.HARD_LABELS, on_disk[few][0], {}),
             "distill_cached_mixed": variant(goal(), on_disk[few][0], {TEACHER_LOGITS: loaded[few]["train"]}),
-            "distill_cached_many_views_fp16": variant(goal(), on_disk[many][0], {TEACHER_LOGITS: loaded[many]["train"]}),
+            "distill_cached_many_views_fp16": variant(goal(), on_disk[many][0],
+                                                      {TEACHER_LOGITS: loaded[many]["train"]}),
             "scratch_fresh_mixed": variant(objective.HARD_LABELS, fresh, {}),
             "distill_online_mixed": variant(goal(online=True), fresh, {}),
         }
@@ -126,7 +136,8 @@ def mixes_report(quick: bool) -> dict:
               "distill_cached_many_views_fp16_epoch_vs_scratch_mixed":
                   ratio("distill_cached_many_views_fp16", "scratch_mixed"),
               "distill_online_mixed_epoch_vs_scratch_fresh_mixed": ratio("distill_online_mixed", "scratch_fresh_mixed"),
-              "distill_online_mixed_epoch_vs_distill_cached_mixed": ratio("distill_online_mixed", "distill_cached_mixed")}
+              "distill_online_mixed_epoch_vs_distill_cached_mixed":
+                  ratio("distill_online_mixed", "distill_cached_mixed")}
     report["many_views"] = many
     report["ratios"] = {k: ({"value": v, "target": MIXES_TARGETS[k], "met": v <= MIXES_TARGETS[k]}
                             if k in MIXES_TARGETS else {"value": v}) for k, v in ratios.items()}
