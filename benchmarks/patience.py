@@ -54,15 +54,13 @@ def schedules(epochs: list[int], repeats: int, overrides: list[str]) -> dict:
     n = len(data.xy("train")[1])
     report = {"overrides": overrides, "views": views.knobs(params.views), "alpha": params.alpha,
               "temperature": params.temperature, "repeats": repeats, "schedules": {}}
-    cache = None
-    if params.views.teacher == "cached":
-        cache = soft_targets.compute(teacher, data, views.for_training(params.seed, n, params.views, data.input_shape))
+    online = params.views.teacher == "online"
+    # once for every schedule: the cached views' outputs, or (online) the images as they are
+    cache = soft_targets.compute(teacher, data, None if online else
+                                 views.for_training(params.seed, n, params.views, data.input_shape))
     for count in epochs:
         train_cfg = params.train_student.model_copy(update={"epochs": count})
         drawn = views.for_training(params.seed, n, params.views, data.input_shape, count)
-        online = params.views.teacher == "online"
-        if online:
-            cache = soft_targets.compute(teacher, data)
         start = time.perf_counter()
         trained = {
             "distilled": list(distillation.train_students(
@@ -75,10 +73,10 @@ def schedules(epochs: list[int], repeats: int, overrides: list[str]) -> dict:
         entry = {"seconds": round(time.perf_counter() - start, 1)}
         for role, models in trained.items():
             logits = [predict_logits(model, x_test) for model, _ in models]
+            matched = [fidelity(z, teacher_test) for z in logits]
             entry[role] = {"val_accuracy": [s["val_accuracy"] for _, s in models],
                            "test_accuracy": [round(float(np.mean(z.argmax(1) == y_test)), 6) for z in logits],
-                           "teacher_agreement": [fidelity(z, teacher_test)["teacher_agreement"] for z in logits],
-                           "teacher_kl": [fidelity(z, teacher_test)["teacher_kl"] for z in logits]}
+                           **{key: [m[key] for m in matched] for key in ("teacher_agreement", "teacher_kl")}}
         entry["val_kd_gain"] = paired_gain(entry["distilled"]["val_accuracy"], entry["scratch"]["val_accuracy"])
         entry["test_kd_gain"] = paired_gain(entry["distilled"]["test_accuracy"], entry["scratch"]["test_accuracy"])
         report["schedules"][count] = entry

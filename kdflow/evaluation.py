@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 from scipy import stats
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
 
 ECE_BINS = 15
@@ -76,8 +76,6 @@ def fidelity(logits: np.ndarray, teacher_logits: np.ndarray) -> dict:
     distillation evaluator reports it: the share whose top-1 class is the teacher's, the share
     where the teacher's top-1 class is among the student's top 5, and the mean KL(teacher ||
     student) of the softmax at T = 1 (nats)."""
-    from scipy.special import log_softmax
-
     teacher_top = teacher_logits.argmax(axis=1)
     top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
     log_p = log_softmax(teacher_logits.astype(np.float64), axis=1)
