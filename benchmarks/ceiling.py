@@ -25,14 +25,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def ceiling(repeats: int, alpha: float | None, epochs: int | None, test_only: bool) -> dict:
     import numpy as np
 
-    from kdflow import artifacts, distillation, repro, soft_targets, views
-    from kdflow.data import Prepared, content_hash, load_prepared
-    from kdflow.evaluation import fidelity
-    from kdflow.extensions import load_all
-    from kdflow.inference import predict_logits
+    from kdflow.core.prepared import Prepared, content_hash, load_prepared
+    from kdflow.core.runner import deterministic
+    from kdflow.distill import methods, objective
+    from kdflow.evaluate.metrics import fidelity
+    from kdflow.models.files import load_role
+    from kdflow.models.logits import predict_logits
+    from kdflow.schema import Schema
+    from kdflow.training import students
+    from kdflow.views import cache
+    from kdflow.views.table import for_training
 
-    params = load_all()
-    train_cfg = params.train_student if epochs is None else params.train_student.model_copy(update={"epochs": epochs})
+    params = Schema.load()
+    schedule = params.train_student if epochs is None else params.train_student.model_copy(update={"epochs": epochs})
     alpha = params.alpha if alpha is None else alpha
     data = load_prepared(("train", "val", "test"))
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (data.xy(s) for s in ("train", "val", "test"))
@@ -41,22 +46,23 @@ def ceiling(repeats: int, alpha: float | None, epochs: int | None, test_only: bo
     y = y_test if test_only else np.concatenate([y_train, y_test])
     arrays = {"x_train": x, "y_train": y, "x_val": np.asarray(x_val[:]), "y_val": y_val}
     shown = Prepared({**data.meta, "content_hash": content_hash(arrays)}, arrays)
-    repro.make_deterministic(params.seed)
-    teacher = artifacts.load_role("teacher", safe_mode=params.teacher.safe_mode)
+    deterministic(params.seed)
+    teacher = load_role("teacher", safe_mode=params.teacher.safe_mode)
     teacher_test = predict_logits(teacher, x_test)
-    drawn = views.for_training(params.seed, len(y), params.views.model_copy(update={"teacher": "cached"}),
-                               shown.input_shape)
-    cache = soft_targets.compute(teacher, shown, drawn)
+    drawn = for_training(params.seed, len(y), params.views.model_copy(update={"teacher": "cached"}), shown.input_shape)
+    computed = cache.compute(teacher, shown, drawn)
+    targets = {split: {cache.TEACHER_LOGITS: computed[split]} for split in ("train", "val")}
+    method = methods.build(params.distill, params.temperature)
     per_repeat = []
-    for student, summary in distillation.train_students(
-            params.student, train_cfg, repeats, params.seed, shown, cache, alpha=alpha,
-            temperature=params.temperature, distill_cfg=params.distill, views=drawn):
+    for student, summary in students.train(
+            students.Students(params.student, schedule, repeats, params.seed, "student_distilled"), shown,
+            objective=lambda: objective.objective(method, alpha), targets=targets, views=drawn):
         logits = predict_logits(student, x_test)
         per_repeat.append({"test_accuracy": round(float(np.mean(logits.argmax(1) == y_test)), 6),
                            **fidelity(logits, teacher_test)})
     return {"trained_on": "test images" if test_only else "training + test images",
             "images": len(y), "alpha": alpha, "temperature": params.temperature,
-            "epochs": train_cfg.epochs, "views": views.knobs(params.views),
+            "epochs": schedule.epochs, "views": params.views.shaping_keys(),
             "teacher_test_accuracy": round(float(np.mean(teacher_test.argmax(1) == y_test)), 6),
             "per_repeat": per_repeat,
             "test_accuracy_mean": round(float(np.mean([r["test_accuracy"] for r in per_repeat])), 6),

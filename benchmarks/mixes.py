@@ -8,7 +8,7 @@ cost the same to read):
   cached outputs for those views from shards on disk (as `distill` does), with 8 and with 256
   views per image (the latter, ``many_views``, stored as float16), and the online consistent teacher
   (``views.teacher: online``: the teacher run on every batch);
-- the cache at 8, 64 and 256 views per image: the time ``soft_targets.compute`` takes, and its
+- the cache at 8, 64 and 256 views per image: the time ``kdflow.views.cache.compute`` takes, and its
   size on disk as float32, as float16 and as the top 5 of float16.
 """
 
@@ -19,6 +19,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.common import ROOT, interleaved_rounds, trainer_rounds
 
 MIXES_TARGETS = {"distill_cached_mixed_epoch_vs_scratch_mixed": 1.05,
                  "distill_cached_many_views_fp16_epoch_vs_scratch_mixed": 1.05}
@@ -32,21 +34,21 @@ def _folder_mib(folder: Path) -> float:
 def mixes_report(quick: bool) -> dict:
     import numpy as np
 
-    from benchmarks.run import EpochTimer, interleaved_rounds, ROOT
-    from kdflow import architectures, distillation, objective, repro, soft_targets, views
-    from kdflow.data import Prepared, content_hash
-    from kdflow.distillation import TEACHER_LOGITS
-    from kdflow.extensions import load_all
-    from kdflow.io import RowBlocks
-    from kdflow.objective import LABELS, training_model
-    from kdflow.shards import ShardedArray
-    from kdflow.shards import write as write_shards
-    from kdflow.params import TrainParams
-    from kdflow.sources import load
-    from kdflow.splits import split
-    from kdflow.training import fit
+    from kdflow.core.params import TrainParams
+    from kdflow.core.prepared import Prepared, content_hash
+    from kdflow.core.runner import deterministic
+    from kdflow.core.shards import RowBlocks, ShardedArray
+    from kdflow.core.shards import write as write_shards
+    from kdflow.data.sources import load
+    from kdflow.data.split import split
+    from kdflow.distill import methods, objective
+    from kdflow.models import families
+    from kdflow.schema import Schema
+    from kdflow.training.objective import HARD_LABELS, LABELS, training_model
+    from kdflow.views import cache
+    from kdflow.views.table import for_training
 
-    committed = load_all(ROOT / "params.yaml")
+    committed = Schema.load(ROOT / "params.yaml")
     splits = split(load(committed.data), committed.data, committed.seed)
     n_train = 256 if quick else None
     (x, y), (x_val, y_val) = splits["train"], splits["val"]
@@ -56,9 +58,9 @@ def mixes_report(quick: bool) -> dict:
                     arrays)
     rounds, epochs = (1, 2) if quick else (5, 4)
     cache_views = (2, 4) if quick else CACHE_VIEWS
-    cfg = TrainParams(epochs=epochs, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
+    schedule = TrainParams(epochs=epochs, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
     mixed = committed.views.model_copy(update={"mix": "mixup"})
-    teacher = architectures.build(committed.teacher, data.input_shape, 10, "teacher")
+    teacher = families.build(committed.teacher, data.input_shape, 10, "teacher")
     teacher.trainable = False
     workdir = Path(tempfile.mkdtemp(prefix="kdflow_mixes_"))
     report = {"train_samples": len(x), "teacher_params": int(teacher.count_params()), "cache": {}}
@@ -66,15 +68,15 @@ def mixes_report(quick: bool) -> dict:
     try:
         for count in cache_views:
             cfg_count = mixed.model_copy(update={"count": count})
-            drawn = views.for_training(committed.seed, len(x), cfg_count, data.input_shape)
+            drawn = for_training(committed.seed, len(x), cfg_count, data.input_shape)
             start = time.perf_counter()
-            full = soft_targets.compute(teacher, data, drawn)
+            full = cache.compute(teacher, data, drawn)
             seconds = time.perf_counter() - start
             entry = {"compute_seconds": round(seconds, 2), "seconds_per_view": round(seconds / count, 3)}
             for name, kwargs in (("float32", {}), ("float16", {"dtype": "float16"}),
                                  ("float16_top_5", {"dtype": "float16", "top_k": 5})):
-                cache = full if name == "float32" else soft_targets.stored_form(full, data.num_classes, **kwargs)
-                soft_targets.save(cache, data, workdir / f"{count}_{name}")
+                stored = full if name == "float32" else cache.stored_form(full, data.num_classes, **kwargs)
+                cache.save(stored, data, workdir / f"{count}_{name}")
                 entry[f"mib_{name}"] = _folder_mib(workdir / f"{count}_{name}")
             # float16's error on the softmax at T = 1 (what the KD term reads)
             half = full["train"].astype(np.float16).astype(np.float32)
@@ -91,35 +93,29 @@ def mixes_report(quick: bool) -> dict:
         x_on_disk = ShardedArray(workdir / "images", "x")
 
         def student():
-            repro.make_deterministic(0)
-            return architectures.build(committed.student, data.input_shape, 10, "student")
+            deterministic(0)
+            return families.build(committed.student, data.input_shape, 10, "student")
+
+        method = methods.build(committed.distill, committed.temperature)
 
         def goal(online=False):
-            return distillation.objective(committed.alpha, committed.temperature, committed.distill,
-                                          teacher=teacher if online else None)
+            return objective.objective(method, committed.alpha, teacher=teacher if online else None)
 
         def variant(goal_, drawn, targets):
-            model = training_model(student(), goal_)
-
-            def train_round():
-                timer = EpochTimer()
-                fit(model, (x_on_disk, {LABELS: y, **targets}), (x_val, {LABELS: y_val, **val_targets}), cfg, 0,
-                    [*goal_.callbacks(), timer], views=drawn)
-                return timer.times
-            return train_round
+            return trainer_rounds(training_model(student(), goal_), schedule, (x_on_disk, {LABELS: y, **targets}),
+                                  (x_val, {LABELS: y_val, **val_targets}), 0, goal_.callbacks(), drawn)
 
         few, many = cache_views[0], cache_views[-1]
-        loaded = {count: soft_targets.load(data, drawn, path) for count, (drawn, path) in on_disk.items()}
-        val_targets = {TEACHER_LOGITS: loaded[few]["val"]}
-        fresh = views.for_training(committed.seed, len(x), mixed.model_copy(update={"teacher": "online"}),
-                                   data.input_shape, epochs)
+        loaded = {count: cache.load(data, drawn, path) for count, (drawn, path) in on_disk.items()}
+        val_targets = loaded[few]["val"]
+        fresh = for_training(committed.seed, len(x), mixed.model_copy(update={"teacher": "online"}),
+                             data.input_shape, epochs)
         variants = {
-            "scratch_mixed": variant(objective.HARD_LABELS, on_disk[few][0], {}),
-            "scratch_mixed_control": variant(objective.HARD_LABELS, on_disk[few][0], {}),
-            "distill_cached_mixed": variant(goal(), on_disk[few][0], {TEACHER_LOGITS: loaded[few]["train"]}),
-            "distill_cached_many_views_fp16": variant(goal(), on_disk[many][0],
-                                                      {TEACHER_LOGITS: loaded[many]["train"]}),
-            "scratch_fresh_mixed": variant(objective.HARD_LABELS, fresh, {}),
+            "scratch_mixed": variant(HARD_LABELS, on_disk[few][0], {}),
+            "scratch_mixed_control": variant(HARD_LABELS, on_disk[few][0], {}),
+            "distill_cached_mixed": variant(goal(), on_disk[few][0], loaded[few]["train"]),
+            "distill_cached_many_views_fp16": variant(goal(), on_disk[many][0], loaded[many]["train"]),
+            "scratch_fresh_mixed": variant(HARD_LABELS, fresh, {}),
             "distill_online_mixed": variant(goal(online=True), fresh, {}),
         }
         seconds = interleaved_rounds(variants, rounds)

@@ -35,40 +35,49 @@ def _override(raw: dict, assignment: str) -> None:
 def schedules(epochs: list[int], repeats: int, overrides: list[str]) -> dict:
     import numpy as np
 
-    from kdflow import artifacts, distillation, repro, soft_targets, students, views
-    from kdflow.data import load_prepared
-    from kdflow.evaluation import fidelity, paired_gain
-    from kdflow.extensions import validate_all
-    from kdflow.inference import predict_logits
-    from kdflow.paths import PARAMS_FILE
+    from kdflow.core.paths import PARAMS_FILE
+    from kdflow.core.prepared import load_prepared
+    from kdflow.core.runner import deterministic
+    from kdflow.distill import methods, objective
+    from kdflow.evaluate.metrics import fidelity, paired_gain
+    from kdflow.models.files import load_role
+    from kdflow.models.logits import predict_logits
+    from kdflow.schema import Schema
+    from kdflow.training import students
+    from kdflow.views import cache
+    from kdflow.views.table import for_training
 
     raw = yaml.safe_load(open(PARAMS_FILE))
     for assignment in overrides:
         _override(raw, assignment)
-    params = validate_all(raw)
+    params = Schema.checked(raw)
     data = load_prepared(("train", "val", "test"))
     x_test, y_test = data.xy("test")
-    repro.make_deterministic(params.seed)
-    teacher = artifacts.load_role("teacher", safe_mode=params.teacher.safe_mode)
+    deterministic(params.seed)
+    teacher = load_role("teacher", safe_mode=params.teacher.safe_mode)
     teacher_test = predict_logits(teacher, x_test)
     n = len(data.xy("train")[1])
-    report = {"overrides": overrides, "views": views.knobs(params.views), "alpha": params.alpha,
+    report = {"overrides": overrides, "views": params.views.shaping_keys(), "alpha": params.alpha,
               "temperature": params.temperature, "repeats": repeats, "schedules": {}}
     online = params.views.teacher == "online"
+    method = methods.build(params.distill, params.temperature)
     # once for every schedule: the cached views' outputs, or (online) the images as they are
-    cache = soft_targets.compute(teacher, data, None if online else
-                                 views.for_training(params.seed, n, params.views, data.input_shape))
+    computed = cache.compute(teacher, data, None if online else for_training(params.seed, n, params.views,
+                                                                             data.input_shape))
+    targets = {"train": {} if online else {cache.TEACHER_LOGITS: computed["train"]},
+               "val": {cache.TEACHER_LOGITS: computed["val"]}}
     for count in epochs:
-        train_cfg = params.train_student.model_copy(update={"epochs": count})
-        drawn = views.for_training(params.seed, n, params.views, data.input_shape, count)
+        schedule = params.train_student.model_copy(update={"epochs": count})
+        drawn = for_training(params.seed, n, params.views, data.input_shape, count)
         start = time.perf_counter()
         trained = {
-            "distilled": list(distillation.train_students(
-                params.student, train_cfg, repeats, params.seed, data, cache, alpha=params.alpha,
-                temperature=params.temperature, distill_cfg=params.distill, views=drawn,
-                teacher=teacher if online else None)),
-            "scratch": list(students.train_students(params.student, train_cfg, repeats, params.seed, data,
-                                                    role="student_scratch", views=drawn)),
+            "distilled": list(students.train(
+                students.Students(params.student, schedule, repeats, params.seed, "student_distilled"), data,
+                objective=lambda: objective.objective(method, params.alpha, teacher=teacher if online else None),
+                targets=targets, views=drawn)),
+            "scratch": list(students.train(
+                students.Students(params.student, schedule, repeats, params.seed, "student_scratch"), data,
+                views=drawn)),
         }
         entry = {"seconds": round(time.perf_counter() - start, 1)}
         for role, models in trained.items():

@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import (ROOT, epoch_seconds, interleaved_rounds, make_project, online_epoch_seconds,
+                               plain_fit_rounds, run_measured, trainer_rounds)
+
 SIZES_TARGETS = {
     "distill_epoch_vs_scratch": 1.05,  # at every size
     "distill_stage_vs_scratch_stage": 1.05,
@@ -65,29 +68,28 @@ def flops(model, shape) -> int:
 
 def synthetic_case(px: int, n_train: int, views_count: int, seed: int = 0):
     """The RGB case at ``px``: its arrays as Prepared data, and its params."""
-    from kdflow.data import Prepared, content_hash
-    from kdflow.extensions import validate_all
+    from kdflow.core.prepared import Prepared, content_hash
+    from kdflow.schema import Schema
 
     x, y = synthetic_images(n_train, px, seed)
     x_val, y_val = synthetic_images(max(64, n_train // 8), px, seed + 1)
     arrays = {"x_train": x, "y_train": y, "x_val": x_val, "y_val": y_val}
     data = Prepared({"num_classes": CLASSES, "input_shape": list(x.shape[1:]), "content_hash": content_hash(arrays),
                      "sizes": {"train": len(y), "val": len(y_val)}}, arrays)
-    params = validate_all({"student": STUDENT, "teacher": TEACHER, "alpha": 0.5, "temperature": 4.0,
-                           "views": {"count": views_count, "kind": "crop", "flip": True, "scale": [0.25, 1.0]}})
+    params = Schema.checked({"student": STUDENT, "teacher": TEACHER, "alpha": 0.5, "temperature": 4.0,
+                             "views": {"count": views_count, "kind": "crop", "flip": True, "scale": [0.25, 1.0]}})
     return data, params
 
 
 def default_case():
     """The embedded digits as the committed params split them, with the committed student,
     teacher (ResNet-20) and views (8 whole-pixel shifts)."""
-    from benchmarks.run import ROOT
-    from kdflow.data import Prepared, content_hash
-    from kdflow.extensions import load_all
-    from kdflow.sources import load
-    from kdflow.splits import split
+    from kdflow.core.prepared import Prepared, content_hash
+    from kdflow.data.sources import load
+    from kdflow.data.split import split
+    from kdflow.schema import Schema
 
-    params = load_all(ROOT / "params.yaml")
+    params = Schema.load(ROOT / "params.yaml")
     splits = split(load(params.data), params.data, params.seed)
     arrays = {f"{a}_{name}": value for name in ("train", "val") for a, value in zip("xy", splits[name])}
     data = Prepared({"num_classes": 10, "input_shape": list(arrays["x_train"].shape[1:]),
@@ -97,69 +99,63 @@ def default_case():
 
 
 def epoch_speed(data, params, rounds: int, epochs_per_round: int, seed: int = 0) -> dict:
-
-    from benchmarks.run import EpochTimer, interleaved_rounds, online_epoch_seconds, plain_fit_rounds
-    from kdflow import architectures, distillation, objective, repro, soft_targets, views
-    from kdflow.distillation import TEACHER_LOGITS
-    from kdflow.io import RowBlocks
-    from kdflow.objective import LABELS, training_model
-    from kdflow.params import TrainParams
-    from kdflow.shards import ShardedArray
-    from kdflow.shards import write as write_shards
-    from kdflow.extensions import validate_all
-    from kdflow.training import fit
+    """Epoch times of our distill and scratch steps, plain Keras fit and the online Distiller on
+    ``data`` (interleaved rounds), and soft_targets' time per view."""
+    from kdflow.core.params import TrainParams
+    from kdflow.core.runner import deterministic
+    from kdflow.core.shards import RowBlocks, ShardedArray
+    from kdflow.core.shards import write as write_shards
+    from kdflow.distill import methods, objective
+    from kdflow.models import families
+    from kdflow.schema import Schema
+    from kdflow.training.objective import HARD_LABELS, LABELS, training_model
+    from kdflow.views import cache
+    from kdflow.views.table import for_training
 
     (x, y), (x_val, y_val) = data.xy("train"), data.xy("val")
     shape, classes, n_train, views_count = data.input_shape, data.num_classes, len(y), params.views.count
-    cfg = TrainParams(epochs=epochs_per_round, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
+    schedule = TrainParams(epochs=epochs_per_round, batch_size=64, learning_rate=3e-3, amsgrad=True, patience=None)
 
     def student():
-        repro.make_deterministic(seed)
-        return architectures.build(params.student, shape, classes, "student")
+        deterministic(seed)
+        return families.build(params.student, shape, classes, "student")
 
-    teacher = architectures.build(params.teacher, shape, classes, "teacher")
+    teacher = families.build(params.teacher, shape, classes, "teacher")
     result = {"px": shape[0], "train_images": n_train, "views": views_count,
               "params": {"student": int(student().count_params()), "teacher": int(teacher.count_params())},
               "flops": {"student": flops(student(), shape), "teacher": flops(teacher, shape)}}
     result["flops"]["teacher_vs_student"] = round(result["flops"]["teacher"] / result["flops"]["student"], 1)
-    train_views = views.for_training(seed, n_train, params.views, shape)
+    train_views = for_training(seed, n_train, params.views, shape)
     start = time.perf_counter()
-    cache = soft_targets.compute(teacher, data, train_views)  # every view of every image, as the stage
+    computed = cache.compute(teacher, data, train_views)  # every view of every image, as the stage
     result["soft_targets_seconds_per_view"] = round((time.perf_counter() - start) / views_count, 3)
     with tempfile.TemporaryDirectory(prefix="kdflow-sizes-") as tmp:
-        soft_targets.save(cache, data, Path(tmp))
-        cached = soft_targets.load(data, train_views, path=Path(tmp))  # read by rows, as distill does
+        cache.save(computed, data, Path(tmp))
+        cached = cache.load(data, train_views, path=Path(tmp))  # read by rows, as distill does
         # both students read the images from shards on disk, as the stages do
         write_shards(Path(tmp) / "images", "x", RowBlocks.of(x))
         x_on_disk = ShardedArray(Path(tmp) / "images", "x")
 
-        def ours(targets, val_targets, goal=objective.HARD_LABELS):
-            model = training_model(student(), goal)
+        def ours(split_targets=None, goal=HARD_LABELS):
+            targets = split_targets or {"train": {}, "val": {}}
+            return trainer_rounds(training_model(student(), goal), schedule, (x_on_disk, {LABELS: y, **targets["train"]}),
+                                  (x_val, {LABELS: y_val, **targets["val"]}), seed, goal.callbacks(), train_views)
 
-            def train_round():
-                timer = EpochTimer()
-                fit(model, (x_on_disk, targets), (x_val, val_targets), cfg, seed, [*goal.callbacks(), timer],
-                    views=train_views)
-                return timer.times
-            return train_round
-
-        labels, val_labels = {LABELS: y}, {LABELS: y_val}
         variants = {
-            "plain_fit": plain_fit_rounds(student(), (x, y), (x_val, y_val), cfg, epochs_per_round),
-            "scratch_control": ours(labels, val_labels),
-            "scratch": ours(labels, val_labels),
-            "distill": ours({**labels, TEACHER_LOGITS: cached["train"]}, {**val_labels, TEACHER_LOGITS: cached["val"]},
-                            distillation.objective(params.alpha, params.temperature, params.distill)),
+            "plain_fit": plain_fit_rounds(student(), (x, y), (x_val, y_val), schedule, epochs_per_round),
+            "scratch_control": ours(),
+            "scratch": ours(),
+            "distill": ours(cached, objective.objective(methods.build(params.distill, params.temperature), params.alpha)),
         }
         seconds = interleaved_rounds(variants, rounds)
 
     def online(teacher_model):
-        return online_epoch_seconds(teacher_model, student(), (x, y), (x_val, y_val), cfg, epochs=2)
+        return online_epoch_seconds(teacher_model, student(), (x, y), (x_val, y_val), schedule, epochs=2)
 
     online_seconds = {"teacher": online(teacher)}  # the cached teacher, run every step instead
     if params.teacher.arch == TEACHER["arch"]:  # the real-size cases: a larger teacher too
-        large = architectures.build(validate_all({"teacher": {"arch": ONLINE_TEACHERS[1]}}).teacher, shape, classes,
-                                    "teacher_large")
+        large = families.build(Schema.checked({"teacher": {"arch": ONLINE_TEACHERS[1]}}).teacher, shape, classes,
+                               "teacher_large")
         result["flops"]["large_teacher_vs_student"] = round(flops(large, shape) / result["flops"]["student"], 1)
         online_seconds[ONLINE_TEACHERS[1]] = online(large)
 
@@ -195,7 +191,6 @@ STAGES = ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch"
 
 def stage_costs(px: int, count: int, views_count: int, student_epochs: int) -> dict:
     """The stages as ``dvc repro`` runs them, each in its own process: wall seconds, peak RSS."""
-    from benchmarks.run import epoch_seconds, make_project, run_measured
 
     overrides = {"repeats": 1, "data.name": "image_dir", "data.image_size": [px, px],
                  "teacher": {**TEACHER, "source": "train", "path": "inputs"},
@@ -224,7 +219,6 @@ def default_stages(pairs: int, quick: bool) -> dict:
     """The committed pipeline's distill and train_scratch stages (committed epochs and views, one
     repeat), each in its own process as ``dvc repro`` runs it, in alternating pairs, with a
     second train_scratch run as the A/A control."""
-    from benchmarks.run import make_project, run_measured
 
     overrides = {"repeats": 1, "train_teacher.epochs": 1 if quick else 2}
     if quick:
@@ -285,8 +279,6 @@ def many_classes_memory(quick: bool) -> dict:
     at a time, so the peak should not follow them (``soft_targets`` still holds them whole while
     computing them; its peak is shown too)."""
     import numpy as np
-
-    from benchmarks.run import make_project, run_measured
 
     classes, base = (50, 500) if quick else (200, 4000)
     result = {"classes": classes, "cases": {}}

@@ -1,41 +1,52 @@
 """Stage `evaluate`: the teacher and every repeat of the three students on the test split.
 
 Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE before and after temperature
-scaling fitted on the validation split, per-class accuracy, teacher agreement, size, the teacher
-check on validation, the three paired gains with their 95% CIs, gap closed, compression), the DVC
-confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export stage's
+scaling fitted on the validation split, per-class accuracy, fidelity to the teacher, size, the
+teacher check on validation, the three paired gains with their 95% CIs, gap closed, compression),
+the DVC confusion plots in dvclive/evaluate/, and reports/ (summary.md with the export stage's
 deployment numbers, figures). CPU latency is wall-clock: timings/evaluate.json, not tracked.
 """
 
-from kdflow.losses import METHODS
-from kdflow.params import load_params
-from kdflow.runner import run_stage
-from kdflow.views import VIEW_KINDS
+from kdflow.core.params import Params
+from kdflow.core.runner import run_stage
+from kdflow.distill.methods import DistillParams
+from kdflow.models.params import StudentParams, TeacherParams
+from kdflow.views.params import ViewsParams
+
+
+class Read(Params):
+    """What this stage reads of params.yaml, typed (the report names the models, views and method)."""
+
+    teacher: TeacherParams = TeacherParams()
+    student: StudentParams = StudentParams()
+    views: ViewsParams = ViewsParams()
+    distill: DistillParams = DistillParams()
 
 
 def main() -> None:
-    params = load_params(VIEW_KINDS, METHODS)  # the report names the views and the method
-    from kdflow import losses, repro, views
-    from kdflow.comparison import GAINS, ROLES, compare
-    from kdflow.data import load_prepared
-    from kdflow.io import read_json, write_json
-    from kdflow.paths import metrics_file, timings_file
-    from kdflow.report import kd_verdict, recommendation, write_confusion_plots, write_report
-    from kdflow.teacher_check import warning as teacher_warning
+    params = Read.load()
+    from kdflow.core.io import read_json, write_json
+    from kdflow.core.paths import metrics_file, timings_file
+    from kdflow.core.prepared import load_prepared
+    from kdflow.core.runner import deterministic
+    from kdflow.distill import methods
+    from kdflow.evaluate.comparison import GAINS, ROLES, compare, teacher_warning
+    from kdflow.evaluate.report import kd_verdict, recommendation, write_confusion_plots, write_report
 
     data = load_prepared(("val", "test"))
     deployment = read_json(metrics_file("export"), produced_by="export")
-    repro.make_deterministic(params.seed)
+    deterministic(params.seed)
     result = compare(data, teacher_safe_mode=params.teacher.safe_mode)
     if warning := teacher_warning(result.metrics["teacher_check"]):
         print(f"evaluate: WARNING: {warning}")
-    knobs = {"dataset": params.data.name, "teacher": params.teacher.arch, "student": params.student.arch,
-             "distill.method": params.distill.method, "alpha": params.alpha, "temperature": params.temperature,
-             **views.knobs(params.views), "repeats": params.repeats,
-             "train_student.epochs": params.train_student.epochs, "seed": params.seed}
-    hinted = losses.method(params.distill, params.temperature).hinted
+    key_params = {"dataset": data.dataset, "teacher": params.teacher.arch, "student": params.student.arch,
+                  "distill.method": params.distill.method, "alpha": params.alpha, "temperature": params.temperature,
+                  **params.views.shaping_keys(), "repeats": params.repeats,
+                  "train_student.epochs": params.train_student.epochs, "seed": params.seed}
+    # a method's feature terms weigh on the students at alpha = 1 too (the report says why it helped)
+    with_features = bool(methods.build(params.distill, params.temperature).features)
     write_confusion_plots(result, data.class_names)
-    write_report(result, knobs, hinted, data.class_names, deployment)
+    write_report(result, key_params, with_features, data.class_names, deployment)
     write_json(metrics_file("evaluate"), result.metrics)
     write_json(timings_file("evaluate"), {"unit": "ms, median per call", **result.latency})
 
@@ -49,7 +60,7 @@ def main() -> None:
         ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
         print(f"evaluate: {name} {gain['mean']:+.4f}{ci}")
     print(f"evaluate: gap closed {result.metrics['gap_closed']}; report in reports/summary.md")
-    print("evaluate: " + kd_verdict(result.metrics, params.alpha, hinted).replace("**", ""))
+    print("evaluate: " + kd_verdict(result.metrics, params.alpha, with_features).replace("**", ""))
     print("evaluate: which to use: " + recommendation(result.metrics).replace("**", ""))
 
 

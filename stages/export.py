@@ -6,21 +6,22 @@ metrics/export.json (the temperature, test accuracy and size of each form, the i
 drop). The TFLite latency is wall-clock, so it goes to timings/export.json, which DVC does not track.
 """
 
-from kdflow.params import load_params
-from kdflow.runner import run_stage
+from kdflow.core.params import Params
+from kdflow.core.runner import run_stage
 
 
 def main() -> None:
-    params = load_params()
-    from kdflow import artifacts, repro
-    from kdflow.data import load_prepared
-    from kdflow.export import export_student
-    from kdflow.io import atomic_dir, write_json
-    from kdflow.paths import EXPORT_DIR, metrics_file, timings_file
+    params = Params.load()
+    from kdflow.core.io import atomic_dir, write_json
+    from kdflow.core.paths import EXPORT_DIR, metrics_file, timings_file
+    from kdflow.core.prepared import load_prepared
+    from kdflow.core.runner import deterministic
+    from kdflow.export.forms import export_student
+    from kdflow.models.files import load_role
 
-    repro.make_deterministic(params.seed)
+    deterministic(params.seed)
     data = load_prepared(("train", "val", "test"))
-    student = artifacts.load_role("student_distilled")
+    student = load_role("student_distilled")
     with atomic_dir(EXPORT_DIR) as staging:
         metrics, latency = export_student(student, data, staging, params.export.calibration_samples, params.seed)
     write_json(metrics_file("export"), metrics)

@@ -1,14 +1,20 @@
 """Stage `prepare`: load data.name, scale, split (seeded, stratified) -> data/prepared/."""
 
-from kdflow.params import load_params
-from kdflow.runner import run_stage
-from kdflow.sources import SOURCES
+from kdflow.core.params import Params
+from kdflow.core.runner import run_stage
+from kdflow.data.sources import DataParams
+
+
+class Read(Params):
+    """What this stage reads of params.yaml, typed."""
+
+    data: DataParams = DataParams()
 
 
 def main() -> None:
-    params = load_params(SOURCES)
-    from kdflow.paths import PREPARED_DIR
-    from kdflow.splits import prepare
+    params = Read.load()
+    from kdflow.core.paths import PREPARED_DIR
+    from kdflow.data.split import prepare
 
     meta = prepare(params.data, params.seed)
     print(f"prepare: {meta['dataset']} {meta['sizes']} classes={meta['num_classes']} -> {PREPARED_DIR}/")

@@ -5,31 +5,41 @@ Writes models/student_scratch.keras (repeat 0), models/student_scratch_repeats/ 
 metrics/train_scratch.json. A killed run resumes from its last finished epoch.
 """
 
-from kdflow.architectures import FAMILIES
-from kdflow.params import load_params
-from kdflow.runner import run_stage
-from kdflow.views import VIEW_KINDS
+from kdflow.core.params import Params
+from kdflow.core.runner import run_stage
+from kdflow.models.params import StudentParams
+from kdflow.views.params import ViewsParams
+
+
+class Read(Params):
+    """What this stage reads of params.yaml, typed."""
+
+    student: StudentParams = StudentParams()
+    views: ViewsParams = ViewsParams()
 
 
 def main() -> None:
-    params = load_params(FAMILIES, VIEW_KINDS)
-    from kdflow import distribute
-    from kdflow.data import load_prepared
+    params = Read.load()
+    from kdflow.core.prepared import load_prepared
+    from kdflow.training import strategy
 
-    distribute.setup(params.runtime)
+    strategy.setup(params.runtime)
     data = load_prepared(("train", "val"))
-    from kdflow import artifacts, resume, students, views
-    from kdflow.io import atomic_dir, write_json
-    from kdflow.paths import PREPARED_DIR, live_dir, metrics_file
+    from kdflow.core.io import atomic_dir, write_json
+    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file
+    from kdflow.models.files import save_students
+    from kdflow.training import resume, students
+    from kdflow.views.table import for_training
 
-    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape,
-                                     params.train_student.epochs)
-    with resume.run_dir("train_scratch", params, [PREPARED_DIR]) as run_dir:
+    views = for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape,
+                         params.train_student.epochs)
+    trains_on = [params.seed, params.repeats, params.student, params.train_student, params.views, params.runtime]
+    with resume.run_dir("train_scratch", trains_on, [PREPARED_DIR]) as run_dir:
         with atomic_dir(live_dir("train_scratch")) as log_dir:
-            trained = students.train_students(params.student, params.train_student, params.repeats, params.seed, data,
-                                              role="student_scratch", views=train_views, log_dir=log_dir,
-                                              run_dir=run_dir)
-            summary = artifacts.save_students("student_scratch", trained)
+            trained = students.train(
+                students.Students(params.student, params.train_student, params.repeats, params.seed, "student_scratch"),
+                data, views=views, log_dir=log_dir, run_dir=run_dir)
+            summary = save_students("student_scratch", trained)
         write_json(metrics_file("train_scratch"), summary)
     print(f"train_scratch: mean val_accuracy={summary['val_accuracy_mean']:.4f} "
           f"over {params.repeats} repeats -> models/student_scratch*")

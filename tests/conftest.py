@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.run import copy_project, stages_run
+from benchmarks.common import copy_project, stages_run
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,40 +44,56 @@ def minimal_params(**overrides) -> dict:
 
 
 def validated(**overrides):
-    """``minimal_params(**overrides)``, validated with every section (kdflow.extensions)."""
-    from kdflow.extensions import validate_all
+    """``minimal_params(**overrides)``, validated with every section (kdflow.schema)."""
+    from kdflow.schema import Schema
 
-    return validate_all(minimal_params(**overrides))
+    return Schema.checked(minimal_params(**overrides))
 
 
 def section(key: str, **values):
-    """One section of params.yaml (``data``, ``views``, ``student``, ...), composed with its
-    extension point and validated: ``section("views", count=4)``."""
-    from kdflow.extensions import schema
+    """One section of params.yaml (``data``, ``views``, ``student``, ...), validated by its class:
+    ``section("views", count=4)``."""
+    from kdflow.schema import Schema
 
-    return schema().model_fields[key].annotation.model_validate(values)
+    return Schema.model_fields[key].annotation.model_validate(values)
+
+
+def students_of(params, role: str):
+    from kdflow.training.students import Students
+
+    return Students(params.student, params.train_student, params.repeats, params.seed, role)
 
 
 def scratch_students(params, data, **kwargs):
     """The scratch students of ``params``, as train_scratch trains them (``views=`` for views)."""
-    from kdflow import students
+    from kdflow.training import students
 
-    return students.train_students(params.student, params.train_student, params.repeats, params.seed, data,
-                                   role=kwargs.pop("role", "student_scratch"), **kwargs)
+    return students.train(students_of(params, kwargs.pop("role", "student_scratch")), data, **kwargs)
 
 
-def distilled_students(params, data, cache, **kwargs):
-    """The distilled students of ``params`` on a teacher cache, as distill trains them."""
-    from kdflow import distillation
+def logit_targets(logits: dict) -> dict:
+    """Teacher logits per split ({"train": array, "val": array}) as the distilled students' targets."""
+    from kdflow.views.cache import TEACHER_LOGITS
 
-    return distillation.train_students(params.student, params.train_student, params.repeats, params.seed, data,
-                                       cache, alpha=params.alpha, temperature=params.temperature,
-                                       distill_cfg=params.distill, **kwargs)
+    return {split: {TEACHER_LOGITS: value} for split, value in logits.items()}
+
+
+def distilled_students(params, data, targets, teacher=None, **kwargs):
+    """The distilled students of ``params`` on the teacher's ``targets`` per split (as
+    kdflow.views.cache gives them), as distill trains them; ``teacher``: online."""
+    from kdflow.distill import methods, objective
+    from kdflow.training import students
+
+    method = methods.build(params.distill, params.temperature)
+    shapes = objective.feature_shapes(targets, method)
+    return students.train(students_of(params, "student_distilled"), data,
+                          objective=lambda: objective.objective(method, params.alpha, shapes, teacher),
+                          targets=targets, **kwargs)
 
 
 def make_prepared(n_per_class: int = 20, num_classes: int = 3, shape=(8, 8, 1), seed: int = 0):
     """A small learnable image dataset (class = which quadrant is bright), as Prepared."""
-    from kdflow.data import Prepared, content_hash
+    from kdflow.core.prepared import Prepared, content_hash
 
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -174,28 +190,19 @@ def make_repo(repo: Path, commit: bool = True, **param_updates) -> Path:
 @pytest.fixture(scope="session")
 def session_repos(tmp_path_factory):
     """The session's two pipeline runs, side by side: the tiny project with the committed params
-    and a user's own data and teacher. Each stage records the params it read (kdflow.param_usage)
-    in its run's log. Returns {"pipeline": (repo, output, log), "byo": (...)}."""
-    logs = tmp_path_factory.mktemp("params_log")
+    and a user's own data and teacher. Returns {"pipeline": (repo, output), "byo": (...)}."""
     pipeline = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     byo = make_byo_repo(tmp_path_factory.mktemp("byo") / "repo")
-    runs = sh_together(*[(["dvc", "repro"], repo, {"KDFLOW_PARAMS_LOG": str(logs / f"{name}.jsonl")})
-                         for name, repo in (("pipeline", pipeline), ("byo", byo))])
-    return {name: (repo, run.stdout + run.stderr, logs / f"{name}.jsonl")
+    runs = sh_together(*[(["dvc", "repro"], repo, None) for repo in (pipeline, byo)])
+    return {name: (repo, run.stdout + run.stderr)
             for (name, repo), run in zip((("pipeline", pipeline), ("byo", byo)), runs)}
-
-
-@pytest.fixture(scope="session")
-def params_logs(session_repos) -> list[Path]:
-    """The params each stage read in the session's pipeline runs, one JSON line per stage run."""
-    return [log for _, _, log in session_repos.values()]
 
 
 @pytest.fixture(scope="session")
 def pipeline_repo(session_repos):
     """A tiny project after one full `dvc repro`, committed: the session's pipeline run of the
     committed params. Tests that change a project work on a copy (``copy_repo``)."""
-    repo, output, _ = session_repos["pipeline"]
+    repo, output = session_repos["pipeline"]
     assert stages_run(output) == ALL_STAGES
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "baseline results"], repo)
@@ -232,7 +239,7 @@ def make_byo_repo(repo: Path) -> Path:
     write_user_npz(repo, per_class=20)
     # Hand-set weights: class c's score is the brightness of column c, on the 0-255 scale.
     inputs = keras.Input((10, 10, 3))
-    features = keras.layers.Flatten(name="features")(inputs)
+    features = keras.layers.Flatten(name="flat")(keras.layers.Activation("linear", name="features")(inputs))
     scores = keras.layers.Dense(3, activation="relu", name="scores")
     probabilities = keras.layers.Softmax(name="probabilities")(scores(features))
     kernel = np.zeros((10, 10, 3, 3), np.float32)
@@ -254,5 +261,4 @@ def make_byo_repo(repo: Path) -> Path:
 @pytest.fixture(scope="session")
 def byo_repo(session_repos):
     """The user's-own-data project after its `dvc repro`: (repo, its output)."""
-    repo, output, _ = session_repos["byo"]
-    return repo, output
+    return session_repos["byo"]

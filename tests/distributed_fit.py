@@ -1,4 +1,4 @@
-"""One small `kdflow.training.fit` under a distribution strategy, for test_scaleout.py: run as a
+"""One small training run of kdflow.training.loop under a distribution strategy, for test_scaleout.py: run as a
 script (``python tests/distributed_fit.py <strategy>``, printing a JSON result) where the
 strategy needs a fresh process (logical CPU devices and the cluster can only be set up before
 TensorFlow starts; `multi_worker` reads TF_CONFIG), or called in-process (``fit_under("default")``).
@@ -7,23 +7,24 @@ Run with the project root and tests/ on PYTHONPATH."""
 import json
 import sys
 
-from kdflow import distribute
-from kdflow.extensions import validate_all
-from kdflow.params import RuntimeParams, TrainParams
+from kdflow.core.params import RuntimeParams, TrainParams
+from kdflow.schema import Schema
+from kdflow.training import strategy as strategies
 
 
 def fit_under(strategy_name: str) -> dict:
-    distribute.setup(RuntimeParams(strategy=strategy_name, cpu_replicas=2))
+    strategies.setup(RuntimeParams(strategy=strategy_name, cpu_replicas=2))
 
     import keras
     import tensorflow as tf
 
-    strategy = distribute.strategy()
+    strategy = strategies.strategy()
 
     from conftest import make_prepared
-    from kdflow import architectures, repro
-    from kdflow.objective import LABELS, TrainingModel
-    from kdflow.training import fit
+    from kdflow.core.runner import deterministic
+    from kdflow.models import families
+    from kdflow.training.loop import Trainer
+    from kdflow.training.objective import LABELS, TrainingModel
 
     traced_on = set()  # replica id of every trace of the loss (-1: outside a replica context)
 
@@ -42,15 +43,14 @@ def fit_under(strategy_name: str) -> dict:
 
     # 144 training images: 9 full batches of 16, so no step is dropped with several replicas.
     data = make_prepared(n_per_class=47)
-    repro.make_deterministic(0)
-    with distribute.scope():
-        student = validate_all({"student": {"arch": "repo_student"}}).student
-        network = architectures.build(student, data.input_shape, data.num_classes, "student")
+    deterministic(0)
+    with strategies.scope():
+        student = Schema.checked({"student": {"arch": "repo_student"}}).student
+        network = families.build(student, data.input_shape, data.num_classes, "student")
         model = TracedModel(network.inputs, network.outputs)
-        summary = fit(model, (data.xy("train")[0], {LABELS: data.xy("train")[1]}),
-                      (data.xy("val")[0], {LABELS: data.xy("val")[1]}),
-                      TrainParams(epochs=3, batch_size=16, learning_rate=0.003, amsgrad=False, patience=None), seed=0,
-                      extra_callbacks=[EpochLosses()])
+        schedule = TrainParams(epochs=3, batch_size=16, learning_rate=0.003, amsgrad=False, patience=None)
+        summary = Trainer(model, schedule, len(data.xy("train")[1]), "train_student").fit_prepared(
+            data, seed=0, callbacks=[EpochLosses()])
     return {
         "replicas_in_sync": strategy.num_replicas_in_sync,
         "traced_on": sorted(traced_on),

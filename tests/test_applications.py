@@ -8,18 +8,20 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import distilled_students, make_prepared, section, validated
-from kdflow import architectures, artifacts, repro
-from kdflow import teacher as teachers
-from kdflow.errors import KdflowError
+from conftest import distilled_students, logit_targets, make_prepared, section, validated
+from kdflow.core import KdflowError
+from kdflow.core.runner import deterministic
+from kdflow.models import families
+from kdflow.models import files as artifacts
+from kdflow.teacher import train as teachers
 
 
 def built(shape=(32, 32, 3), classes=3, **student):
-    return architectures.build(section("student", **student), shape, classes, name="student_scratch")
+    return families.build(section("student", **student), shape, classes, name="student_scratch")
 
 
 def test_an_application_maps_the_unit_images_to_its_own_convention_and_saves_reproducibly(tmp_path):
-    repro.make_deterministic(0)
+    deterministic(0)
     model = built(arch="MobileNetV3Small", width=0.5, dropout=0.2)
     backbone = model.get_layer("MobileNetV3Small")
     assert model.get_layer("logits").units == 3 and model.get_layer("dropout").rate == 0.2
@@ -73,8 +75,8 @@ def test_fine_tuning_trains_the_logits_alone_first_then_every_layer_on_fresh_cro
             "patience": None, "augment": {"shift": 0.0, "crop_scale": [0.5, 1.0]}}
     params = validated(teacher={"arch": "spec", "spec": {"conv_filters": [4], "batch_norm": True}},
                        train_teacher={**tiny, "freeze_epochs": 1, "fine_tune_lr_scale": 1e-9})
-    repro.make_deterministic(params.seed)
-    initial = architectures.build(params.teacher, data.input_shape, data.num_classes, name="teacher")
+    deterministic(params.seed)
+    initial = families.build(params.teacher, data.input_shape, data.num_classes, name="teacher")
     model, summary = teachers.train(params.teacher, params.train_teacher, params.seed, data)
     assert summary["epochs_run"] == 2 and summary["head_only_epochs"] == 1
     for layer in model.layers:
@@ -98,15 +100,15 @@ def test_fine_tuning_trains_the_logits_alone_first_then_every_layer_on_fresh_cro
 
 
 def test_mixed_bfloat16_trains_in_16_bits_and_saves_and_exports_float32(tmp_path):
-    from kdflow.export import TfliteModel, save_saved_model, to_tflite
-    from kdflow.inference import predict_logits
+    from kdflow.export.forms import TfliteModel, save_saved_model, to_tflite
+    from kdflow.models.logits import predict_logits
 
     data = make_prepared(n_per_class=30)
     params = validated(repeats=1)
     logits = {s: np.random.default_rng(0).normal(size=(len(data.xy(s)[1]), 3)).astype("float32") for s in ("train", "val")}
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
-        (student, summary), = list(distilled_students(params, data, logits))
+        (student, summary), = list(distilled_students(params, data, logit_targets(logits)))
         assert student.get_layer("dense0").compute_dtype == "bfloat16"
         assert np.isfinite(summary["loss"]) and summary["accuracy"] > 0.5
     finally:
@@ -124,17 +126,18 @@ def test_mixed_bfloat16_trains_in_16_bits_and_saves_and_exports_float32(tmp_path
 
 
 def test_mixed_float16_scales_the_loss_and_skips_overflowing_steps():
-    from kdflow.objective import training_model
-    from kdflow.params import TrainParams
-    from kdflow.training import fit_prepared
+    from kdflow.core.params import TrainParams
+    from kdflow.training.loop import Trainer
+    from kdflow.training.objective import training_model
 
     data = make_prepared()
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
-        repro.make_deterministic(0)
+        deterministic(0)
         network = built(data.input_shape, arch="repo_student")
         model = training_model(network)
-        summary = fit_prepared(model, data, TrainParams(epochs=2, batch_size=16, patience=None), "train_student", 0)
+        schedule = TrainParams(epochs=2, batch_size=16, patience=None)
+        summary = Trainer(model, schedule, len(data.xy("train")[1]), "train_student").fit_prepared(data, 0)
         optimizer = model.optimizer
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         # it started at 2^15 and halved on every overflowing step: a finite loss and a scale <= the start
@@ -145,17 +148,18 @@ def test_mixed_float16_scales_the_loss_and_skips_overflowing_steps():
 
 
 def test_cached_outputs_read_a_batch_at_a_time_train_the_same_student_as_in_memory(tmp_path):
-    from kdflow import soft_targets
-    from kdflow.shards import ShardedArray
+    from kdflow.core.shards import ShardedArray
+    from kdflow.views import cache
 
     data = make_prepared()
     params = validated(repeats=1)
     rng = np.random.default_rng(1)
-    cache = {s: rng.normal(size=(len(data.xy(s)[1]), 3)).astype("float32") for s in ("train", "val")}
-    soft_targets.save(cache, data, tmp_path / "cache")
-    on_disk = soft_targets.load(data, None, path=tmp_path / "cache")
-    assert isinstance(on_disk["train"], ShardedArray) and isinstance(on_disk["val"], np.ndarray)
-    (a, _), = list(distilled_students(params, data, cache))
+    logits = {s: rng.normal(size=(len(data.xy(s)[1]), 3)).astype("float32") for s in ("train", "val")}
+    cache.save(logits, data, tmp_path / "cache")
+    on_disk = cache.load(data, None, path=tmp_path / "cache")
+    assert isinstance(on_disk["train"][cache.TEACHER_LOGITS], ShardedArray)
+    assert isinstance(on_disk["val"][cache.TEACHER_LOGITS], np.ndarray)
+    (a, _), = list(distilled_students(params, data, logit_targets(logits)))
     (b, _), = list(distilled_students(params, data, on_disk))
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
@@ -164,8 +168,8 @@ def test_cached_outputs_read_a_batch_at_a_time_train_the_same_student_as_in_memo
 @pytest.mark.apps
 def test_an_efficientnetv2_student_exports_to_savedmodel_and_tflite_float32_and_int8(tmp_path):
     from conftest import scratch_students
-    from kdflow.export import TfliteModel, export_student
-    from kdflow.inference import predict_logits
+    from kdflow.export.forms import TfliteModel, export_student
+    from kdflow.models.logits import predict_logits
 
     data = make_prepared(n_per_class=12, shape=(32, 32, 3))
     params = validated(repeats=1, student={"arch": "EfficientNetV2B0"},

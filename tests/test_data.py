@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import section
-from kdflow.data import load_prepared
-from kdflow.errors import KdflowError
-from kdflow.sources import RawData
-from kdflow.splits import prepare, split
+from kdflow.core import KdflowError
+from kdflow.core.prepared import load_prepared
+from kdflow.data.sources import DataParams, RawData
+from kdflow.data.split import prepare, split
 
 
 def DataParams(**values):  # noqa: N802 - the `data` section, as prepare validates it
@@ -81,8 +81,8 @@ def test_load_prepared_names_the_stage_to_rerun(in_tmp):
 def test_sharded_arrays_read_what_was_written_in_any_order(tmp_path, monkeypatch):
     """Many small shards: slices across shard borders, index arrays in any order; pixels are
     stored as uint8 only where that is exact."""
-    from kdflow import shards
-    from kdflow.io import RowBlocks
+    from kdflow.core import shards
+    from kdflow.core.shards import RowBlocks
 
     monkeypatch.setattr(shards, "SHARD_BYTES", 7 * 4 * 4)  # 7 rows of 4 float32 per shard
     rng = np.random.default_rng(0)
@@ -125,9 +125,9 @@ def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tm
     block, not a gathered split (NumPy's allocations are traced by tracemalloc)."""
     import tracemalloc
 
-    import kdflow.data as data_module
-    import kdflow.splits as splits_module
-    from kdflow.sources import encode_labels
+    import kdflow.core.prepared as data_module
+    import kdflow.data.split as splits_module
+    from kdflow.data.sources import encode_labels
 
     raw = synthetic_raw(n=6000)  # 6,000 x 4x4x1 float32 + labels, sorted by class
     raw = encode_labels(RawData(np.ascontiguousarray(np.tile(raw.x, (1, 8, 8, 1))), raw.y), "synthetic")  # 24 MiB

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from conftest import distilled_students, make_prepared, minimal_params, scratch_students, validated
-from kdflow.extensions import validate_all
-from kdflow.evaluation import (
+from conftest import distilled_students, logit_targets, make_prepared, minimal_params, scratch_students, validated
+from kdflow.schema import Schema
+from kdflow.evaluate.metrics import (
     calibration_bins, evaluate_logits, expected_calibration_error, inference_latency_ms, paired_gain,
     summarize_repeats,
 )
@@ -90,7 +90,7 @@ def test_the_paired_interval_is_scipys_paired_t_test_interval():
 
 
 def test_latency_is_reported_per_batch_size():
-    from kdflow.architectures import build
+    from kdflow.models.families import build
 
     data = make_prepared()
     model = build(validated().student, data.input_shape, data.num_classes, "student")
@@ -99,8 +99,8 @@ def test_latency_is_reported_per_batch_size():
 
 
 def test_training_logs_curves_with_learning_rate_and_loss_terms(tmp_path):
-    from kdflow import teacher as teachers
-    from kdflow.soft_targets import compute
+    from kdflow.teacher import train as teachers
+    from kdflow.views.cache import compute
 
     data = make_prepared()
     params = validated(repeats=2)
@@ -108,8 +108,9 @@ def test_training_logs_curves_with_learning_rate_and_loss_terms(tmp_path):
     lr = (tmp_path / "teacher/plots/metrics/train/learning_rate.tsv").read_text().splitlines()
     assert lr[0] == "step\tlearning_rate" and len(lr) == 1 + params.train_teacher.epochs
     assert float(lr[1].split()[1]) > float(lr[2].split()[1])  # cosine decay
-    cache = compute(teacher, data)
-    list(distilled_students(params, data, cache, log_dir=tmp_path / "distill"))
+    computed = compute(teacher, data)
+    list(distilled_students(params, data, logit_targets({s: computed[s] for s in ("train", "val")}),
+                            log_dir=tmp_path / "distill"))
     logged = {str(p.relative_to(tmp_path / "distill")) for p in (tmp_path / "distill").rglob("*.tsv")}
     assert {"plots/metrics/train/soft_loss.tsv", "plots/metrics/train/hard_ce.tsv",
             "plots/metrics/eval/soft_loss.tsv", "plots/metrics/eval/accuracy.tsv"} <= logged
@@ -119,7 +120,7 @@ def test_training_logs_curves_with_learning_rate_and_loss_terms(tmp_path):
 
 
 def test_gap_closed_is_undefined_when_the_gap_is_within_the_scratch_students_noise():
-    from kdflow.evaluation import gap_closed
+    from kdflow.evaluate.metrics import gap_closed
 
     scratch = [0.95, 0.96, 0.94]  # std 0.01
     assert gap_closed(0.01, 0.98, scratch) == pytest.approx(1 / 3, abs=1e-6)  # gap 0.03 > 2 std
@@ -145,14 +146,14 @@ def _gain(low, high):
     ((-0.06, -0.03), (-0.013, 0.019), (-0.054, -0.032), "**do not distill: train the student from scratch**"),
 ])
 def test_the_report_answers_distill_augment_or_both_from_the_three_paired_cis(kd, augment, both, answer):
-    from kdflow.report import recommendation
+    from kdflow.evaluate.report import recommendation
 
     m = {"kd_gain": _gain(*kd), "augment_gain": _gain(*augment), "combined_gain": _gain(*both)}
     assert recommendation(m).startswith(answer)
 
 
 def test_temperature_scaling_recovers_the_temperature_of_overconfident_logits():
-    from kdflow.calibration import fit_temperature, nll
+    from kdflow.models.logits import fit_temperature, nll
 
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, size=(4000, 5))
@@ -171,8 +172,7 @@ def test_temperature_scaling_recovers_the_temperature_of_overconfident_logits():
 
 
 def test_the_teacher_check_rule_and_its_line():
-    from kdflow.teacher_check import check as teacher_check
-    from kdflow.teacher_check import warning as teacher_warning
+    from kdflow.evaluate.comparison import teacher_check, teacher_warning
 
     weak = teacher_check(0.950, [0.958, 0.96, 0.955])
     assert not weak["teacher_clearly_better"]
@@ -189,36 +189,36 @@ def test_the_teacher_check_fires_on_a_weak_teacher_and_not_on_a_trained_one(in_t
     epoch), an untrained teacher, then a trained one."""
     import shutil
 
-    from kdflow import artifacts
-    from kdflow import teacher as teachers
-    from kdflow.architectures import build
-    from kdflow.comparison import compare
-    from kdflow.paths import model_file, repeats_dir
-    from kdflow.report import summary_markdown
+    from kdflow.core.paths import model_file, repeats_dir
+    from kdflow.evaluate.comparison import compare
+    from kdflow.evaluate.report import summary_markdown
+    from kdflow.models import files as artifacts
+    from kdflow.models.families import build
+    from kdflow.teacher import train as teachers
 
     data = make_prepared(n_per_class=30, num_classes=3)
     raw = minimal_params(repeats=3)
     raw["train_student"].update(epochs=1, learning_rate=0.001)
     raw["train_teacher"]["epochs"] = 10
-    params = validate_all(raw)
+    params = Schema.checked(raw)
     artifacts.save_students("student_scratch", scratch_students(params, data))
     for role in ("student_distilled", "student_plain"):  # the same students stand in for the others
         shutil.copytree(repeats_dir("student_scratch"), repeats_dir(role))
-    knobs = {"alpha": params.alpha, "views.count": params.views.count}
+    key_params = {"alpha": params.alpha, "views.count": params.views.count}
 
     weak = build(params.teacher, data.input_shape, data.num_classes, name="teacher")  # untrained
     artifacts.save_model(model_file("teacher"), weak)
     comparison = compare(data, measure_latency=False)
     check = comparison.metrics["teacher_check"]
     assert not check["teacher_clearly_better"]
-    assert summary_markdown(comparison, knobs, False).splitlines()[2].startswith(
+    assert summary_markdown(comparison, key_params, False).splitlines()[2].startswith(
         f"> **Teacher check**: teacher val accuracy {check['teacher_val_accuracy']:.3f} is not clearly above")
 
     trained, _ = teachers.train(params.teacher, params.train_teacher, params.seed, data)
     artifacts.save_model(model_file("teacher"), trained)
     comparison = compare(data, measure_latency=False)
     assert comparison.metrics["teacher_check"]["teacher_clearly_better"]
-    assert "Teacher check" not in summary_markdown(comparison, knobs, False)
+    assert "Teacher check" not in summary_markdown(comparison, key_params, False)
     for role in ("teacher", "student_scratch"):
         r = comparison.metrics[role]
         assert r["temperature"] > 0 and {"loss_calibrated", "ece_calibrated"} <= set(r)
@@ -238,19 +238,19 @@ def test_the_teacher_check_fires_on_a_weak_teacher_and_not_on_a_trained_one(in_t
                                  "the scratch students on the same views: one repeat gives no confidence interval"),
 ])
 def test_the_report_says_in_words_whether_distillation_helped_and_why_not(gain, alpha, teacher_better, pairs, words):
-    from kdflow.report import kd_verdict
+    from kdflow.evaluate.report import kd_verdict
 
     low, high = gain
     m = {"kd_gain": {"mean": 0.0 if low is None else (low + high) / 2, "ci95_low": low, "ci95_high": high,
                      "pairs": pairs},
          "teacher_check": {"teacher_clearly_better": teacher_better}}
     assert kd_verdict(m, alpha).startswith(words)
-    if alpha == 1.0:  # a feature hint still distils at alpha = 1: not given as the reason
-        assert "alpha = 1" not in kd_verdict(m, alpha, hinted=True)
+    if alpha == 1.0:  # a feature term still distils at alpha = 1: not given as the reason
+        assert "alpha = 1" not in kd_verdict(m, alpha, with_features=True)
 
 
 def test_the_report_says_why_gap_closed_is_undefined():
-    from kdflow.report import _gap_text
+    from kdflow.evaluate.report import _gap_text
 
     def metrics(teacher, scratch_mean, scratch_std, closed):
         return {"gap_closed": closed, "teacher": {"accuracy": teacher},

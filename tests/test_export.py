@@ -8,9 +8,8 @@ from conftest import make_prepared, scratch_students, validated
 
 
 def test_every_exported_form_is_the_student_with_its_validation_temperature(tmp_path):
-    from kdflow.calibration import fit_temperature
-    from kdflow.export import TfliteModel, export_student
-    from kdflow.inference import predict_logits
+    from kdflow.export.forms import TfliteModel, export_student
+    from kdflow.models.logits import fit_temperature, predict_logits
 
     data = make_prepared(n_per_class=30, num_classes=3)
     # A student that expects [-1, 1] (as a pretrained one may): every exported form takes the

@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import validated
-from kdflow import distillation, losses, objective
-from kdflow.distillation import TEACHER_FEATURES, TEACHER_LOGITS
-from kdflow.losses import METHODS, soft_kl
-from kdflow.objective import LABELS, hard_ce, training_model
+from kdflow.distill import methods, objective
+from kdflow.distill.methods import METHODS, Seen, soft_kl
+from kdflow.training.objective import HARD_LABELS, LABELS, Objective, hard_ce, training_model
+from kdflow.views.cache import TEACHER_LOGITS, feature_target
 
 
 def np_log_softmax(z):
@@ -53,9 +53,6 @@ def test_soft_term_is_non_negative_and_zero_at_the_teacher(batch):
 
 # ---- the other distillation methods, each against a NumPy transcription of its paper ----
 
-from kdflow.losses import dist_term, dkd_term, lskd_term, mse_term  # noqa: E402
-
-
 def np_softmax(z):
     return np.exp(np_log_softmax(z))
 
@@ -91,13 +88,16 @@ def np_dist(teacher, student, T, beta, gamma):
     return T**2 * (beta * inter + gamma * intra)
 
 
-def tf_args(labels, teacher, student):
-    return tf.constant(labels, tf.int32), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)
+def soft_term(method: str, temperature: float, labels, teacher, student, **knobs) -> np.ndarray:
+    """The soft term of ``method`` (built from its knobs) on one batch."""
+    section = validated(distill={"method": method, **({method: knobs} if knobs else {})}).distill
+    seen = Seen(tf.constant(labels, tf.int32), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32))
+    return methods.build(section, temperature).terms(seen)["soft_loss"].numpy()
 
 
 @pytest.mark.parametrize("T, a, b", [(4.0, 1.0, 8.0), (1.0, 0.5, 2.0)])
 def test_dkd_matches_numpy_reference(batch, T, a, b):
-    got = dkd_term(T, a, b)(*tf_args(*batch)).numpy()
+    got = soft_term("dkd", T, *batch, alpha=a, beta=b)
     np.testing.assert_allclose(got, np_dkd(*batch, T, a, b), rtol=2e-3, atol=1e-4)
 
 
@@ -114,23 +114,21 @@ def test_dkd_with_unit_weights_is_not_plain_kd_but_decomposes_it(batch):
 
 def test_lskd_matches_numpy_reference_and_ignores_logit_scale(batch):
     labels, teacher, student = batch
-    got = lskd_term(2.0)(*tf_args(*batch)).numpy()
+    got = soft_term("lskd", 2.0, *batch)
     np.testing.assert_allclose(got, np_lskd(teacher, student, 2.0), rtol=1e-3, atol=1e-5)
-    shifted = lskd_term(2.0)(*tf_args(labels, teacher * 5 + 3, student)).numpy()
+    shifted = soft_term("lskd", 2.0, labels, teacher * 5 + 3, student)
     np.testing.assert_allclose(shifted, got, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("T, beta, gamma", [(1.0, 1.0, 1.0), (4.0, 2.0, 0.5)])
 def test_dist_matches_numpy_reference(batch, T, beta, gamma):
-    got = dist_term(T, beta, gamma)(*tf_args(*batch)).numpy()
+    got = soft_term("dist", T, *batch, beta=beta, gamma=gamma)
     np.testing.assert_allclose(got, np_dist(batch[1], batch[2], T, beta, gamma), rtol=1e-3, atol=1e-5)
 
 
 def test_mse_matches_numpy_reference(batch):
-    got = mse_term()(*tf_args(*batch)).numpy()
+    got = soft_term("mse", 1.0, *batch)
     np.testing.assert_allclose(got, ((batch[2] - batch[1]) ** 2).mean(1), rtol=1e-5)
-
-
 
 
 # ---- the objective: TrainingModel.compute_loss -------------------------------------------------
@@ -141,8 +139,8 @@ def model_for(params=None, regularizer=None, hint_width=0):
     inputs = keras.Input((3,))
     hidden = keras.layers.Dense(4, name="hidden", kernel_regularizer=regularizer)(inputs)
     network = keras.Model(inputs, keras.layers.Dense(5, name="logits")(hidden))
-    goal = objective.HARD_LABELS if params is None else distillation.objective(
-        params.alpha, params.temperature, params.distill, hint_width)
+    goal = HARD_LABELS if params is None else objective.objective(
+        methods.build(params.distill, params.temperature), params.alpha, {"hint": (hint_width,)})
     return training_model(network, goal)
 
 
@@ -153,7 +151,7 @@ def distill_params(method="kd", **overrides):
 def targets_for(labels, teacher, features=None):
     t = {LABELS: tf.constant(labels, tf.int32), TEACHER_LOGITS: tf.constant(teacher, tf.float32)}
     if features is not None:
-        t[TEACHER_FEATURES] = tf.constant(features, tf.float32)
+        t[feature_target("hint")] = tf.constant(features, tf.float32)
     return t
 
 
@@ -194,31 +192,43 @@ def test_label_smoothing_is_the_cross_entropy_with_smoothed_one_hot_targets(batc
     expected = -(targets * np_log_softmax(student)).sum(axis=1)
     np.testing.assert_allclose(hard_ce(labels, tf.constant(student, tf.float32), smoothing), expected, rtol=1e-5)
     model = model_for()
-    model.objective = objective.Objective(label_smoothing=smoothing)  # the teacher's objective
+    model.objective = Objective(label_smoothing=smoothing)  # the teacher's objective
     loss = model.compute_loss(y={LABELS: tf.constant(labels, tf.int32)}, y_pred=tf.constant(student, tf.float32))
     np.testing.assert_allclose(float(loss), expected.mean(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", METHODS.names())
-def test_every_registered_method_mixes_with_alpha_and_logs_its_term(batch, method):
+LOGIT_METHODS = [name for name in METHODS if not methods.build(validated().distill.model_copy(update={"method": name}),
+                                                                  2.0).features]
+
+
+@pytest.mark.parametrize("method", LOGIT_METHODS)
+def test_every_logit_method_mixes_with_alpha_and_logs_its_term(batch, method):
     labels, teacher, student = batch
     params = distill_params(method, alpha=0.3)
+    model = model_for(params)
+    loss = model.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32))
+    term = soft_term(method, params.temperature, *batch)
+    np.testing.assert_allclose(float(loss), np.mean(0.3 * hard_ce(labels, student) + 0.7 * term), rtol=1e-5)
+    assert logged(model).keys() == {"accuracy", "hard_ce", "soft_loss"}
+    np.testing.assert_allclose(logged(model)["soft_loss"], np.mean(term), rtol=1e-5)
+
+
+def test_a_feature_method_adds_its_weighted_term_and_logs_it(batch):
+    """FitNets: alpha * CE + (1 - alpha) * KD + weight * MSE(the projected student layer, the
+    teacher layer); each term logged as it enters the loss."""
+    labels, teacher, student = batch
+    params = validated(alpha=0.3, distill={"method": "fitnet", "fitnet": {"student_layer": "hidden", "weight": 2.5}})
     rng = np.random.default_rng(1)
-    features, projected = (rng.normal(size=(16, 7)), rng.normal(size=(16, 7))) if method == "fitnet" else (None, None)
-    model = model_for(params, hint_width=7 if method == "fitnet" else 0)
-    y_pred = tf.constant(student, tf.float32)
-    if method == "fitnet":  # outputs [logits, projected hint]
-        y_pred = [y_pred, tf.constant(projected, tf.float32)]
+    features, projected = rng.normal(size=(16, 7)), rng.normal(size=(16, 7))
+    model = model_for(params, hint_width=7)
+    y_pred = [tf.constant(student, tf.float32), tf.constant(projected, tf.float32)]  # [logits, projected hint]
     loss = model.compute_loss(y=targets_for(labels, teacher, features), y_pred=y_pred)
-    term = losses.method(params.distill, params.temperature).term(
-        tf.constant(labels), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)).numpy()
-    hint = ((projected - features) ** 2).mean(1) if method == "fitnet" else 0.0
-    np.testing.assert_allclose(float(loss), np.mean(0.3 * hard_ce(labels, student) + 0.7 * term + hint), rtol=1e-5)
+    kd = np_kd_loss(labels, teacher, student, 0.0, params.temperature)
+    hint = 2.5 * ((projected - features) ** 2).mean(1)
+    np.testing.assert_allclose(float(loss), np.mean(0.3 * hard_ce(labels, student) + 0.7 * kd + hint), rtol=1e-5)
     terms = logged(model)
-    np.testing.assert_allclose(terms["soft_loss"], np.mean(term), rtol=1e-5)
-    assert ("hint_loss" in terms) == (method == "fitnet")
-    if method == "fitnet":
-        np.testing.assert_allclose(terms["hint_loss"], np.mean(hint), rtol=1e-5)
+    np.testing.assert_allclose([terms["soft_loss"], terms["hint_loss"]], [kd.mean(), hint.mean()], rtol=1e-4)
+    assert [layer.name for layer in model.layers][-2:] == ["logits", "hint_projection"]  # 4 -> 7, trained with it
 
 
 def test_dkd_warmup_ramps_the_soft_term(batch):
@@ -226,8 +236,7 @@ def test_dkd_warmup_ramps_the_soft_term(batch):
     params = validated(alpha=0.0, distill={"method": "dkd", "dkd": {"warmup_epochs": 4}})
     model = model_for(params)
     (warmup,) = model.objective.callbacks()
-    full = losses.method(params.distill, params.temperature).term(
-        tf.constant(labels), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32)).numpy().mean()
+    full = soft_term("dkd", params.temperature, *batch, warmup_epochs=4).mean()
     for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)]:
         warmup.on_epoch_begin(epoch)
         loss = model.compute_loss(y=targets_for(labels, teacher), y_pred=tf.constant(student, tf.float32))
@@ -245,3 +254,4 @@ def test_a_weight_regulariser_enters_the_loss_but_not_the_logged_terms(batch):
     penalty = 0.5 * float(np.sum(np.square(regularised.get_layer("hidden").kernel.numpy())))
     np.testing.assert_allclose(losses[1] - losses[0], penalty, rtol=1e-4)
     assert logged(plain) == logged(regularised)
+

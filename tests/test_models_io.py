@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from conftest import section
-from kdflow.architectures import ArchSpec, build
-from kdflow.artifacts import load_model, save_model
-from kdflow.errors import KdflowError
-from kdflow.io import atomic_path
+from kdflow.core import KdflowError
+from kdflow.core.io import atomic_path
+from kdflow.models.families import ArchSpec, build
+from kdflow.models.files import load_model, save_model
 
 
 def ModelParams(**values):  # noqa: N802 - a `student` section

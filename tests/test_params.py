@@ -1,18 +1,20 @@
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import ROOT, minimal_params, validated
-from kdflow.architectures import FAMILIES, PRESETS, resolve
-from kdflow.errors import KdflowError
-from kdflow.extensions import REGISTRIES, schema, validate_all
-from kdflow.losses import METHODS
-from kdflow.params import Params, load_params, validate
-from kdflow.sources import SOURCES
-from kdflow.views import VIEW_KINDS
+from kdflow.core import KdflowError
+from kdflow.core.params import Params
+from kdflow.data.sources import SOURCES
+from kdflow.distill.methods import METHODS
+from kdflow.models.families import FAMILIES, PRESETS, resolve
+from kdflow.schema import Schema
+from kdflow.views.kinds import VIEW_KINDS
+from kdflow.views.params import ViewsParams
 
 
 def one_of(names) -> str:
@@ -37,10 +39,10 @@ def test_valid_minimal_params_and_defaults():
         ({"temperature": "4"}, "temperature = '4': Input should be a valid number"),
         ({"seed": True}, "seed = True: Input should be a valid integer"),
         # the names of each extension point come from its registry
-        ({"data": {"name": "imagenet"}}, "data.name = 'imagenet': " + one_of(SOURCES.names())),
-        ({"student": {"arch": "resnet9000"}}, "student.arch = 'resnet9000': " + one_of([*PRESETS, *FAMILIES.names()])),
-        ({"views": {"kind": "blur"}}, "views.kind = 'blur': " + one_of(VIEW_KINDS.names())),
-        ({"distill": {"method": "crd"}}, "distill.method = 'crd': " + one_of(METHODS.names())),
+        ({"data": {"name": "imagenet"}}, "data.name = 'imagenet': " + one_of(SOURCES)),
+        ({"student": {"arch": "resnet9000"}}, "student.arch = 'resnet9000': " + one_of([*PRESETS, *FAMILIES])),
+        ({"views": {"kind": "blur"}}, "views.kind = 'blur': " + one_of(VIEW_KINDS)),
+        ({"distill": {"method": "crd"}}, "distill.method = 'crd': " + one_of(METHODS)),
         ({"teacher": {"arch": "spec"}}, "teacher: arch 'spec' needs a 'spec' section"),
         ({"teacher": {"arch": "resnet20", "resnet": {"width": 2.0}}},
          "teacher: arch is 'resnet20': remove the 'resnet' section or set arch: resnet"),
@@ -72,55 +74,61 @@ def test_valid_minimal_params_and_defaults():
 )
 def test_bad_params_give_one_line_naming_the_key(overrides, expected):
     with pytest.raises(KdflowError) as info:
-        validate_all(minimal_params(**overrides))
+        Schema.checked(minimal_params(**overrides))
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
 
 
-def test_a_stage_validates_the_core_and_the_extension_points_it_uses():
-    """An extension point's keys are checked by the stages that use it, and only kept as given by
-    the others: a stage that never reads them does not import (or depend on) their code."""
+def test_a_stage_validates_the_core_and_the_sections_it_reads():
+    """A section typed by a package is checked by the stages that read it (their script's
+    subclass of Params) and kept as given by the others: a stage that never reads it does not
+    import (or depend on) the code that types it."""
     typo = minimal_params(views={"count": 4, "shfit": 1})
-    core = validate(typo)  # e.g. train_teacher: the views are not its business
-    assert core.views.count == 4
-    with pytest.raises(AttributeError, match="belongs to an extension point this stage did not load"):
-        core.views.shfit
+    core = Params.checked(typo)  # e.g. train_teacher: the views are not its business
+    assert core.views == {"count": 4, "shfit": 1}  # a plain mapping: nothing typed to read by mistake
+
+    class ReadsViews(Params):  # soft_targets, distill, train_scratch, evaluate
+        views: ViewsParams = ViewsParams()
+
     with pytest.raises(KdflowError, match="views.shfit: unknown key"):
-        validate(typo, VIEW_KINDS)  # soft_targets, distill, train_scratch, evaluate
+        ReadsViews.checked(typo)
+    assert ReadsViews.checked(minimal_params(views={"count": 4})).views.count == 4
     # unknown top-level keys and core sections are every stage's business
     for bad, message in (({"tempreature": 4.0}, "tempreature: unknown key"),
-                         ({"runtime": {"strategy": "gpu"}}, "runtime.strategy = 'gpu'")):
+                         ({"runtime": {"strategy": "gpu"}}, "runtime.strategy = 'gpu'"),
+                         ({"views": 3}, "views = 3: Input should be a valid dictionary")):
         with pytest.raises(KdflowError, match=message):
-            validate(minimal_params(**bad))
-    # every extension point composes only the sections it declares
-    owners = [name for registry in REGISTRIES for name in registry.sections]
-    assert sorted(owners) == ["data", "distill", "student", "teacher", "views"]
-    assert set(owners) <= set(Params.model_fields)
+            Params.checked(minimal_params(**bad))
+    # the schema types exactly the sections the core keeps as mappings
+    raw = [name for name, field in Params.model_fields.items() if field.annotation == dict[str, typing.Any]]
+    assert sorted(raw) == ["data", "distill", "student", "teacher", "views"]
+    assert all(Schema.model_fields[name].annotation is not dict for name in raw)
 
 
 def test_a_missing_key_means_its_default_and_bad_files_are_one_line(tmp_path):
     raw = minimal_params()
     del raw["student"]
     del raw["train_teacher"]["epochs"]
-    params = validate_all(raw)
-    assert params.student == schema()().student
+    params = Schema.checked(raw)
+    assert params.student == Schema().student
     assert params.train_teacher.epochs == Params().train_teacher.epochs == 15  # the teacher's own default
     with pytest.raises(KdflowError, match="file not found"):
-        load_params(path=tmp_path / "nope.yaml")
+        Params.load(tmp_path / "nope.yaml")
     broken = tmp_path / "params.yaml"
     broken.write_text("alpha: [0.1\n")
     with pytest.raises(KdflowError, match="not valid YAML"):
-        load_params(path=broken)
+        Params.load(broken)
     broken.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(KdflowError, match="expected a mapping"):
-        load_params(path=broken)
+        Params.load(broken)
 
 
 def test_param_validation_does_not_import_tensorflow():
     """Every stage validates before it imports TensorFlow; `kdflow check` validates everything."""
-    code = ("import sys; from kdflow.extensions import load_all; load_all('params.yaml');"
-            "import kdflow.cli, kdflow.search, kdflow.selection; print('tensorflow' in sys.modules)")
+    code = ("import sys; from kdflow.schema import Schema; Schema.load('params.yaml');"
+            "import kdflow.cli, kdflow.search.commands; import stages.distill, stages.evaluate;"
+            "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -9,8 +9,9 @@ import pytest
 from dvc.utils.hydra import apply_overrides
 
 from conftest import ROOT
-from kdflow.architectures import PRESETS, resolve
-from kdflow.extensions import load_all
+from kdflow.models.families import PRESETS, resolve
+from kdflow.schema import Schema
+from kdflow.teacher.train import augmentation_on
 
 
 def apply(tmp_path, name):
@@ -18,13 +19,13 @@ def apply(tmp_path, name):
     shutil.copy(ROOT / "params.yaml", params_file)
     overrides = (ROOT / "configs" / name).read_text().split()
     apply_overrides(str(params_file), overrides)
-    return load_all(params_file)
+    return Schema.load(params_file)
 
 
 def test_reference_repo_setting(tmp_path):
     p = apply(tmp_path, "reference_repo_fashion_mnist.txt")
     assert p.data.name == "fashion_mnist"
-    assert not p.train_teacher.augment.enabled  # the reference trained its teacher without augmentation
+    assert not augmentation_on(p.train_teacher.augment)  # the reference trained its teacher without augmentation
     assert resolve(p.teacher)[1] == PRESETS["repo_teacher"].knobs
     assert resolve(p.student)[1] == PRESETS["repo_student"].knobs
     assert (p.alpha, p.temperature) == (0.9, 2)
@@ -35,7 +36,7 @@ def test_reference_repo_setting(tmp_path):
 def test_reference_notebook_setting(tmp_path):
     p = apply(tmp_path, "reference_notebook_cifar10.txt")
     assert p.data.name == "cifar10"
-    assert not p.train_teacher.augment.enabled  # the reference trained its teacher without augmentation
+    assert not augmentation_on(p.train_teacher.augment)  # the reference trained its teacher without augmentation
     assert resolve(p.teacher)[1] == PRESETS["notebook_teacher"].knobs
     assert resolve(p.student)[1] == PRESETS["notebook_student"].knobs
     assert (p.alpha, p.temperature) == (0.1, 10)

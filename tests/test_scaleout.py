@@ -58,6 +58,13 @@ def test_killed_stage_resumes_at_its_last_epoch_and_ends_with_the_same_weights(p
     process.wait(timeout=30)
     assert not (repo / "models/student_distilled.keras").exists()
     assert len(list((repo / ".kdflow/runs/distill").glob("*/repeat_*.npz"))) == 2
+    # What the checkpoints belong to: the stage's code is the sub-packages dvc.yaml lists for it
+    # (editing the report throws none away), and what its training reads of the params.
+    (key,) = (repo / ".kdflow/runs/distill").glob("*/key.json")
+    described = json.loads(key.read_text())
+    deps = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["distill"]["deps"]
+    assert [f"kdflow/{folder}" for folder in described["code"]] == sorted(d for d in deps if d.startswith("kdflow/"))
+    assert described["params"][:4] == [42, 2, 0.1, 2.0]  # seed, repeats, alpha, temperature
 
     resumed = sh(["dvc", "repro", "distill"], repo).stdout
     assert "student_distilled: finished from the checkpoint" in resumed  # repeat 1 was done

@@ -3,11 +3,27 @@ them (the real queue, apply and resume run in tests/test_pipeline_dvc.py)."""
 
 import pytest
 
-from kdflow.errors import KdflowError
-from kdflow.search import NO_DISTILLATION, _same, choose, default_grid, parse_grid, recipes, tied
-from kdflow.selection import Experiment, experiments, ranked
+from conftest import ROOT
+from kdflow.core import KdflowError
+from kdflow.search import grid
+from kdflow.search.grid import NO_DISTILLATION, Distilled, default_grid, parse_grid
+from kdflow.search.ranking import Experiment, choose, experiments, ranked, tied
 
 WORKSPACE = {"alpha": 0.1, "temperature": 2.0, "distill.method": "kd", "train_student.patience": None}
+# which params change only the distilled students: as the project's dvc.yaml lists them
+DISTILLED = Distilled(ROOT / "dvc.yaml")
+KNOWN = {*WORKSPACE, "views.count", "views.mix", "distill.dkd.beta"}
+
+
+def recipes(axes: dict, workspace: dict) -> list[dict]:
+    return grid.recipes(axes, workspace, KNOWN, DISTILLED)
+
+
+def test_the_params_that_change_only_the_distilled_students_are_read_from_dvc_yaml():
+    assert [key for key in ("alpha", "temperature", "distill.method", "distill.dkd.beta", "views.count",
+                            "train_student.epochs", "teacher.safe_mode", "export.calibration_samples")
+            if DISTILLED(key)] == ["alpha", "temperature", "distill.method", "distill.dkd.beta"]
+    assert DISTILLED.baseline_part({"alpha": 0.5, "views.count": 0}) == {"views.count": 0}
 
 
 def test_the_grid_always_holds_no_distillation_once_and_refuses_unknown_params():
@@ -39,11 +55,12 @@ def test_the_grid_always_holds_no_distillation_once_and_refuses_unknown_params()
 
 def test_a_recipe_matches_an_experiment_whose_params_dvc_shows_without_nulls():
     shown = {"alpha": 0.5, "temperature": 4.0, "distill.method": "kd"}  # patience: null left out
-    assert _same(shown, {"alpha": 0.5, "temperature": 4}, WORKSPACE)
-    assert not _same(shown, {"alpha": 0.5}, WORKSPACE)  # temperature differs from the workspace's
+    assert grid.matches(shown, {"alpha": 0.5, "temperature": 4}, WORKSPACE, DISTILLED)
+    assert not grid.matches(shown, {"alpha": 0.5}, WORKSPACE, DISTILLED)  # temperature differs from the workspace's
     # Without distillation the temperature is not used: any finished alpha = 1 run matches.
-    assert _same({**shown, "alpha": 1.0}, NO_DISTILLATION, WORKSPACE)
-    assert not _same({**shown, "alpha": 1.0, "train_student.patience": 5}, NO_DISTILLATION, WORKSPACE)
+    assert grid.matches({**shown, "alpha": 1.0}, NO_DISTILLATION, WORKSPACE, DISTILLED)
+    assert not grid.matches({**shown, "alpha": 1.0, "train_student.patience": 5}, NO_DISTILLATION, WORKSPACE,
+                            DISTILLED)
 
 
 def _rev(name, alpha, val_distilled, val_scratch, test_gain, timestamp="2026-11-24T10:00:00"):
@@ -91,10 +108,10 @@ def test_a_grid_over_the_views_chooses_them_on_the_scratch_students_first():
     plain, crippled = [0.98, 0.985, 0.975], [0.85, 0.86, 0.84]
     done = list(zip(found, [exp("no-kd-0", plain, plain), exp("no-kd-8", crippled, crippled),
                             exp("kd-0", [0.985, 0.99, 0.98], plain), exp("kd-8", [0.95, 0.96, 0.94], crippled)]))
-    order, settings = choose(done)
+    order, settings = choose(done, DISTILLED)
     assert settings == [{"views.count": 0}]
     assert [e.name for e in order] == ["kd-0", "no-kd-0", "kd-8", "no-kd-8"]
-    order, settings = choose(done[1::2])  # one setting only: ranked by the KD gain alone
+    order, settings = choose(done[1::2], DISTILLED)  # one setting only: ranked by the KD gain alone
     assert settings is None and [e.name for e in order] == ["kd-8", "no-kd-8"]
 
 
@@ -114,7 +131,7 @@ def test_settings_whose_scratch_students_are_within_the_noise_of_the_best_are_ti
                             exp("kd-none", [0.972, 0.972, 0.976, 0.976, 0.972], none),
                             exp("kd-mixup", [0.964, 0.962, 0.966, 0.962, 0.962], mixup),
                             exp("kd-cutmix", [0.972, 0.974, 0.972, 0.974, 0.972], cutmix)]))
-    order, settings = choose(done)
+    order, settings = choose(done, DISTILLED)
     assert settings == [{"views.mix": "none"}, {"views.mix": "mixup"}]
     assert [e.name for e in order][:4] == ["kd-none", "no-kd-none", "no-kd-mixup", "kd-mixup"]
     assert order[4].name == "kd-cutmix"  # the largest gain, over a baseline clearly weaker
@@ -124,7 +141,8 @@ def test_settings_whose_scratch_students_are_within_the_noise_of_the_best_are_ti
 def test_runs_are_read_from_dvcs_executor_state_and_duplicates_are_said(capsys):
     """What `dvc exp show --json` says of each run (the executor's state and process), as the
     crash recovery reads it; a recipe finished twice is ranked once, and the search says so."""
-    from kdflow.search import Search, dead, runs
+    from kdflow.search.queue import dead, runs
+    from kdflow.search.supervise import Search
 
     scratch = [0.90, 0.91]
 
@@ -151,7 +169,7 @@ def test_runs_are_read_from_dvcs_executor_state_and_duplicates_are_said(capsys):
     assert not dead(found["waiting"], active_workers=0)
 
     workspace = {"alpha": 0.1, "distill.method": "kd"}
-    search = Search([{"alpha": 0.5}, {"alpha": 0.7}, {"alpha": 0.9}], workspace, jobs=1, give_up_after=5)
+    search = Search([{"alpha": 0.5}, {"alpha": 0.7}, {"alpha": 0.9}], workspace, DISTILLED, jobs=1, give_up_after=5)
     (_, twice, _), (_, queued, _), (_, running, _) = search.results(show)
     assert twice.name == "twice-a" and queued is None and running is None
     said = capsys.readouterr().out

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from conftest import section
-from kdflow.data import load_prepared
-from kdflow.errors import KdflowError
-from kdflow.sources import load
-from kdflow.splits import prepare
+from kdflow.core import KdflowError
+from kdflow.core.prepared import load_prepared
+from kdflow.data.sources import load
+from kdflow.data.split import prepare
 
 
 def DataParams(**values):  # noqa: N802 - the `data` section, as prepare validates it
@@ -84,7 +84,8 @@ def test_an_image_folder_streams_through_prepare_a_block_at_a_time(in_tmp, monke
     already at image_size are 8-bit after the (identity) resize: stored as uint8."""
     import tracemalloc
 
-    from kdflow import sources, splits
+    from kdflow.data import sources
+    from kdflow.data import split as splits
 
     monkeypatch.setattr(sources, "IMAGE_BLOCK", 32)
     monkeypatch.setattr(splits, "BLOCK_BYTES", 2**16)
@@ -178,7 +179,7 @@ def user_teacher(input_shape, classes):
 
 
 def test_resnet_family_gives_a_teacher_ten_times_the_student():
-    from kdflow.architectures import build
+    from kdflow.models.families import build
 
     teacher = build(section("student", arch="resnet20_w2"), (32, 32, 3), 10, "t")
     student = build(section("student", arch="notebook_student"), (32, 32, 3), 10, "s")
@@ -189,8 +190,8 @@ def test_resnet_family_gives_a_teacher_ten_times_the_student():
 
 
 def test_augmentation_is_seeded_and_left_out_of_the_saved_model(in_tmp):
-    from kdflow.params import AugmentParams
-    from kdflow.teacher import with_augmentation
+    from kdflow.core.params import AugmentParams
+    from kdflow.teacher.train import with_augmentation
 
     base = user_teacher((8, 8, 1), 3)
     augmented = with_augmentation(base, AugmentParams(shift=0.25, crop=2), seed=3)

@@ -11,11 +11,12 @@ import yaml
 from scipy.special import softmax
 
 from conftest import validated
-from kdflow import artifacts, soft_targets
-from kdflow import teacher as teachers
-from kdflow.data import load_prepared
-from kdflow.errors import KdflowError
-from kdflow.splits import prepare
+from kdflow.core import KdflowError
+from kdflow.core.prepared import load_prepared
+from kdflow.data.split import prepare
+from kdflow.models import files as artifacts
+from kdflow.teacher import imported as teachers
+from kdflow.views import cache as soft_targets
 
 CLASSES = ("p", "q", "r")
 SHAPE = (8, 8, 1)
@@ -324,7 +325,7 @@ def test_teacher_file_settings_are_checked_with_the_params():
 
 
 def test_a_students_input_range_is_its_first_layer():
-    from kdflow.architectures import build
+    from kdflow.models.families import build
 
     student = build(validated(student={"arch": "repo_student", "input_range": "symmetric"}).student, SHAPE, 3, "s")
     layer = student.get_layer("input_range")
@@ -387,16 +388,15 @@ def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeyp
 
     # The teacher file carries the graph: it loads with safe_mode, and its outputs are the
     # SavedModel's own probabilities, reordered, on the images resized and scaled for it.
-    from kdflow import views
-    from kdflow.params import load_params
-    from kdflow.views import VIEW_KINDS
+    from kdflow.schema import Schema
+    from kdflow.views.table import for_training
 
     monkeypatch.chdir(repo)
     data = load_prepared(("train", "val"))
     teacher = artifacts.load_role("teacher")
-    params = load_params(VIEW_KINDS)
-    train_views = views.for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
-    cached = soft_targets.load(data, train_views)["val"]
+    params = Schema.load()
+    train_views = for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
+    cached = soft_targets.load(data, train_views)["val"][soft_targets.TEACHER_LOGITS]
     x_val = data.xy("val")[0]
     assert np.array_equal(cached, soft_targets.compute(teacher, data)["val"])
     own = module.serve(tf.image.resize(x_val, (20, 20)) * 255.0)["probs"].numpy()[:, [1, 2, 0]]
@@ -404,7 +404,7 @@ def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeyp
 
 
 def test_a_per_channel_mean_std_is_applied_channel_by_channel():
-    from kdflow.architectures import build
+    from kdflow.models.families import build
 
     imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     student = build(validated(student={"arch": "repo_student", "input_range": imagenet}).student, (4, 4, 3), 3, "s")

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from conftest import distilled_students, make_prepared, minimal_params, scratch_students, validated
-from kdflow import teacher as teachers
-from kdflow.errors import KdflowError
-from kdflow.extensions import validate_all
-from kdflow.losses import kd_term
-from kdflow.objective import LABELS, TrainingModel
-from kdflow.params import TrainParams
-from kdflow.training import fit
+from conftest import distilled_students, logit_targets, make_prepared, minimal_params, scratch_students, validated
+from kdflow.core import KdflowError
+from kdflow.core.params import TrainParams
+from kdflow.distill.methods import soft_kl
+from kdflow.schema import Schema
+from kdflow.teacher import train as teachers
+from kdflow.training.loop import Trainer
+from kdflow.training.objective import LABELS, TrainingModel
 
 
 def only(students):
@@ -23,7 +23,7 @@ def test_students_are_paired_and_training_is_reproducible():
               for s in ("train", "val")}
     scratch_a, summary_a = only(scratch_students(params, data))
     scratch_b, summary_b = only(scratch_students(params, data))
-    distilled, summary_d = only(distilled_students(params, data, logits))
+    distilled, summary_d = only(distilled_students(params, data, logit_targets(logits)))
     # Same seed => identical weights, bit for bit.
     for wa, wb in zip(scratch_a.get_weights(), scratch_b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
@@ -34,7 +34,7 @@ def test_students_are_paired_and_training_is_reproducible():
     # kept weights it equals the term computed directly.
     assert "soft_loss" in summary_d and "val_soft_loss" in summary_d and "soft_loss" not in summary_a
     x_val, y_val = data.xy("val")
-    direct = kd_term(params.temperature)(y_val, logits["val"], distilled.predict(x_val, verbose=0))
+    direct = soft_kl(logits["val"], distilled.predict(x_val, verbose=0), params.temperature)
     np.testing.assert_allclose(summary_d["val_soft_loss"], float(np.mean(direct)), rtol=1e-4)
     assert summary_a["epochs_run"] == 2
 
@@ -44,7 +44,7 @@ def test_paired_students_start_from_the_same_weights():
     data = make_prepared()
     logits = {s: np.zeros((len(data.xy(s)[1]), 3), "float32") for s in ("train", "val")}
     scratch = [m.get_weights() for m, _ in scratch_students(params, data)]
-    distilled = [m.get_weights() for m, _ in distilled_students(params, data, logits)]
+    distilled = [m.get_weights() for m, _ in distilled_students(params, data, logit_targets(logits))]
     assert len(scratch) == len(distilled) == 2
     for pair_s, pair_d in zip(scratch, distilled):
         for ws, wd in zip(pair_s, pair_d):
@@ -84,9 +84,9 @@ def test_a_later_repeat_equals_a_fresh_run_of_its_seed(tmp_path):
     logits = {s: np.random.default_rng(1).normal(size=(len(data.xy(s)[1]), 3)).astype("float32")
               for s in ("train", "val")}
     def trained(raw, cache, run_dir):
-        params = validate_all(raw)
+        params = Schema.checked(raw)
         return (scratch_students(params, data, run_dir=run_dir) if cache is None
-                else distilled_students(params, data, cache, run_dir=run_dir))
+                else distilled_students(params, data, logit_targets(cache), run_dir=run_dir))
 
     for cache in (None, logits):
         two, one = tmp_path / f"two_{cache is None}", tmp_path / f"one_{cache is None}"
@@ -115,59 +115,78 @@ def test_teacher_learns_and_early_stopping_restores_the_best_epoch():
 def test_divergence_stops_with_a_clear_error():
     data = make_prepared()
     x, y = data.xy("train")
-    from kdflow import architectures
+    from kdflow.models import families
 
-    network = architectures.build(validated().student, data.input_shape, 3, name="m")
+    network = families.build(validated().student, data.input_shape, 3, name="m")
 
     class Exploding(TrainingModel):
         def compute_loss(self, *args, **kwargs):
             return super().compute_loss(*args, **kwargs) * np.float32("nan")
 
     model = Exploding(network.inputs, network.outputs)
+    trainer = Trainer(model, TrainParams(epochs=3, learning_rate=1e-3), len(x), "train_student")
     with pytest.raises(KdflowError, match=r"train_student.learning_rate=0.001: training diverged"):
-        fit(model, (x, {LABELS: y}), (x, {LABELS: y}), TrainParams(epochs=3, learning_rate=1e-3),
-            seed=0, config_key="train_student")
+        trainer.fit((x, {LABELS: y}), (x, {LABELS: y}), seed=0)
+
+
+def cached_targets(teacher, data, method, views=None) -> dict:
+    """A teacher's logits and the method's features as the distilled students' targets, as the
+    soft_targets and distill stages compute them (here without going through the disk)."""
+    from kdflow.views import cache
+
+    computed = cache.compute(teacher, data, views)
+    targets = logit_targets({split: computed[split] for split in ("train", "val")})
+    for split, sides in cache.teacher_features(teacher, data, views, method.features).items():
+        targets[split].update(sides)
+    return targets
 
 
 def test_fitnet_trains_through_a_projection_and_ships_the_plain_student(in_tmp):
-    from kdflow import soft_targets
-    from kdflow.artifacts import load_model, save_model
+    from kdflow.distill import methods
+    from kdflow.models.files import load_model, save_model
+    from kdflow.views.cache import feature_target
 
     params = validated(repeats=1, distill={"method": "fitnet",
                                            "fitnet": {"teacher_layer": "dense0", "student_layer": "dense0"}})
     data = make_prepared()
     teacher, _ = teachers.train(params.teacher, params.train_teacher, params.seed, data)
-    cache = {**soft_targets.compute(teacher, data), **soft_targets.features(teacher, data, "dense0")}
-    assert cache["train_features"].shape == (len(data.xy("train")[1]), 32)  # teacher dense_units [32]
-    student, summary = only(distilled_students(params, data, cache))
+    targets = cached_targets(teacher, data, methods.build(params.distill, params.temperature))
+    assert targets["train"][feature_target("hint")].shape == (len(data.xy("train")[1]), 32)  # teacher dense_units [32]
+    student, summary = only(distilled_students(params, data, targets))
     assert "hint_loss" in summary and "val_hint_loss" in summary
+    assert summary["val_accuracy"] > 0.6  # 3 classes: it learned
     assert student.output_shape == (None, 3)  # the projection is not part of the student
     save_model("s.keras", student)
     assert "hint_projection" not in [layer.name for layer in load_model("s.keras", produced_by="distill").layers]
 
 
 def test_fitnet_bad_layer_names_are_clear_errors():
-    from kdflow import soft_targets
+    from kdflow.distill import methods
 
     data = make_prepared()
     params = validated(repeats=1, distill={"method": "fitnet", "fitnet": {"student_layer": "nope"}})
     teacher, _ = teachers.train(params.teacher, params.train_teacher.model_copy(update={"epochs": 1}), 0, data)
+    wrong_teacher_layer = params.distill.model_copy(update={"fitnet": params.distill.fitnet.model_copy(
+        update={"teacher_layer": "conv9"})})
     with pytest.raises(KdflowError, match=r"distill.fitnet.teacher_layer = 'conv9' is not a teacher layer; it has: .*dense0"):
-        soft_targets.features(teacher, data, "conv9")
-    cache = {**soft_targets.compute(teacher, data), **soft_targets.features(teacher, data, "dense0")}
+        cached_targets(teacher, data, methods.build(wrong_teacher_layer, params.temperature))
+    targets = cached_targets(teacher, data, methods.build(params.distill.model_copy(update={
+        "fitnet": params.distill.fitnet.model_copy(update={"teacher_layer": "dense0"})}), params.temperature))
     with pytest.raises(KdflowError, match=r"distill.fitnet.student_layer = 'nope' is not a student layer"):
-        only(distilled_students(params, data, cache))
+        only(distilled_students(params, data, targets))
 
 
 def test_training_images_are_copied_to_tensorflow_once_per_array():
-    from kdflow.training import make_dataset
+    from kdflow.training.inputs import ImageTensors, make_dataset
 
     rng = np.random.default_rng(0)
     x = rng.random((40, 4, 4, 1), dtype=np.float32)
     targets = {LABELS: rng.integers(0, 3, 40)}
+    tensors = ImageTensors()  # a trainer's: one for all the repeats of a stage
 
     def batches(images):
-        return [b[0].numpy() for b in make_dataset(images, targets, batch_size=16, seed=1, epochs=range(2))]
+        return [b[0].numpy() for b in make_dataset(images, targets, batch_size=16, seed=1, epochs=range(2),
+                                                   tensors=tensors)]
 
     first = batches(x)
     assert [len(b) for b in first] == [16, 16, 8] * 2
@@ -175,9 +194,12 @@ def test_training_images_are_copied_to_tensorflow_once_per_array():
     np.testing.assert_array_equal(np.sort(np.concatenate(first[:3]).ravel()), np.sort(x.ravel()))
     assert not np.array_equal(first[0], first[3])
     # The same array again (the next repeat of a stage) reuses the tensor and reads the same batches...
+    copy = tensors(x)
     for a, b in zip(first, batches(x), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert tensors(x) is copy
     # ...and another array of the same shape is never served the cached one.
     other = x + 1.0
     for a, b in zip(first, batches(other), strict=True):
         np.testing.assert_array_equal(a + 1.0, b)
+    assert tensors(other) is not copy

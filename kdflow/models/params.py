@@ -1,0 +1,105 @@
+"""The `teacher` and `student` sections of params.yaml: a model's architecture (a preset or a
+family, with the family's knobs), its input convention, and for the teacher where it comes from."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import field_validator, model_validator
+
+from kdflow.core.paths import INPUTS_DIR
+from kdflow.models.input_range import InputRange, parse_input_range
+from kdflow.models.applications import ApplicationKnobs
+from kdflow.models.families import FAMILIES, PRESETS, ArchSpec, ResNetSpec
+
+Arch = Literal[(*PRESETS, *FAMILIES)]  # type: ignore[valid-type]
+
+
+class ModelParams(ApplicationKnobs):
+    """A model: ``arch`` is a preset or an architecture family. A family's knobs are its
+    sub-section (``spec:``, ``resnet:``), given exactly when ``arch`` names it; a keras.applications
+    model's (``width``, ``dropout``, ``weights``, inherited) sit beside ``arch``."""
+
+    arch: Arch = "notebook_student"
+    # The inputs the model expects: unit [0, 1] | byte [0, 255] | symmetric [-1, 1] |
+    # {mean: [...], std: [...]} in [0, 1] units. The images stay [0, 1]; the mapping is the
+    # model's first layer (so the exported student applies it too).
+    input_range: InputRange = "unit"
+    spec: Optional[ArchSpec] = None
+    resnet: Optional[ResNetSpec] = None
+
+    @field_validator("input_range", mode="before")
+    @classmethod
+    def _one_range(cls, value: Any) -> Any:
+        return parse_input_range(value)
+
+    @model_validator(mode="after")
+    def _family_knobs(self) -> "ModelParams":
+        flat = self.arch in FAMILIES and FAMILIES[self.arch].flat
+        if not flat:
+            for key, field in ApplicationKnobs.model_fields.items():
+                if getattr(self, key) != field.default:
+                    raise ValueError(f"{key} applies to a keras.applications arch, not {self.arch}")
+        for name, family in FAMILIES.items():
+            if family.flat:
+                continue
+            given = getattr(self, name) is not None
+            if self.arch == name and not given:
+                raise ValueError(f"arch '{name}' needs a '{name}' section (see docs/params.md)")
+            if self.arch != name and given:
+                raise ValueError(f"arch is '{self.arch}': remove the '{name}' section or set arch: {name}")
+        return self
+
+
+class StudentParams(ModelParams):
+    """The `student` section (default: the Keras notebook's Conv12 -> MaxPool -> Dense)."""
+
+
+# The keys that describe a teacher from a file, found out at import or given when the check asks.
+FILE_TEACHER_KEYS = ("outputs", "image_size", "classes", "signature", "output_key")
+
+
+class TeacherParams(ModelParams):
+    """The `teacher` section: trained from ``arch`` (ResNet-20 by default: 273k params on the
+    digits, 13x the student), or the user's model file (``source: file``, docs/own-data.md)."""
+
+    arch: Arch = "resnet20"
+    # train: build from arch and train it; file: the model at `path` (a .keras or .h5 file, or a
+    # SavedModel directory) is the teacher.
+    source: Literal["train", "file"] = "train"
+    path: str = INPUTS_DIR
+    # Keras safe_mode refuses model files that carry code (Lambda layers), and SavedModel graphs
+    # that read or write files. Turn it off only for a file you trust as you would a script.
+    safe_mode: bool = True
+    # The rest is for source: file. What its outputs are: auto = found out on the validation
+    # images (rows of non-negative numbers summing to 1 are probabilities, else logits).
+    outputs: Literal["auto", "logits", "probabilities"] = "auto"
+    # [height, width] the teacher takes: the images are resized to it (bilinear) for the teacher only.
+    image_size: Optional[list[int]] = None
+    # The teacher's class names in its output order (when it differs from the data's).
+    classes: Optional[list[Union[str, int]]] = None
+    # A SavedModel's signature and output (needed only when it has several).
+    signature: Optional[str] = None
+    output_key: Optional[str] = None
+    # Stop at import when the teacher looks wrong: another input range or class order clearly
+    # better on validation, or near chance.
+    check: bool = True
+
+    @model_validator(mode="after")
+    def _file_settings(self) -> "TeacherParams":
+        if self.source == "file" and self.path.rstrip("/") == INPUTS_DIR:
+            raise ValueError("source 'file' reads teacher.path: set it to a .keras or .h5 model file or a "
+                             "SavedModel directory")
+        given = [key for key in FILE_TEACHER_KEYS if getattr(self, key) != TeacherParams.model_fields[key].default]
+        if self.source != "file" and given:
+            raise ValueError(f"{given[0]} applies to a teacher from a file (source: file)")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"image_size {self.image_size}: give [height, width], both positive")
+        if self.classes is not None and len({str(c) for c in self.classes}) != len(self.classes):
+            raise ValueError(f"classes {self.classes}: every name must appear once")
+        return self
+
+    @property
+    def class_order(self) -> Optional[list[str]]:
+        """teacher.classes as text (YAML reads digit names as numbers), or None."""
+        return None if self.classes is None else [str(c) for c in self.classes]

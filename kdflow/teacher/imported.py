@@ -1,0 +1,92 @@
+"""The user's teacher (teacher.source: file), imported: loaded in any format kdflow reads, checked
+against the prepared data and on its validation images, and wrapped as a logits model on the
+pipeline's [0, 1] images in the data's class order."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from scipy.special import log_softmax
+
+from kdflow.core import KdflowError
+from kdflow.core.prepared import Prepared
+from kdflow.core.runner import deterministic
+from kdflow.models import input_range
+from kdflow.models.layers import TeacherOutputs
+from kdflow.models.logits import predict_logits
+from kdflow.models.params import TeacherParams
+from kdflow.teacher import formats, import_check
+
+
+def import_file(teacher: TeacherParams, seed: int, data: Prepared, log=print) -> tuple[keras.Model, dict]:
+    """The teacher at ``teacher.path``; ``log`` gets the lines that say what was found. Its
+    summary holds its validation accuracy and cross-entropy."""
+    deterministic(seed)
+    loaded = formats.load(teacher)
+    where = f"teacher.path = {teacher.path}"
+    _check_shapes(loaded, teacher, data, where)
+    to_data = _class_order(teacher, loaded.width, data)
+    x, y = data.xy("val")
+    tried = input_range.candidates(teacher.input_range, data.input_shape[-1])
+    raw = [predict_logits(_behind(loaded.net, data, r, teacher.image_size), x) for r in tried]
+    probabilities, found = import_check.output_kind(raw[0], teacher.outputs, where)
+    log(f"train_teacher: {where} ({loaded.kind}): {found}")
+    line, problem = import_check.assess(
+        tried, [outputs.argmax(axis=1) for outputs in raw], y, to_data, data.class_names,
+        input_range.describe, input_range.as_param, teacher.classes is not None)
+    log(f"train_teacher: {line}")
+    if problem is not None:
+        if teacher.check:
+            raise KdflowError(f"{problem} (or teacher.check: false to go on)")
+        log(f"train_teacher: warning: {problem} (going on: teacher.check is false)")
+    order = None if np.array_equal(to_data, np.arange(len(to_data))) else [int(i) for i in np.argsort(to_data)]
+    model = _behind(loaded.net, data, teacher.input_range, teacher.image_size,
+                    TeacherOutputs(probabilities, order, name="teacher_logits") if probabilities or order else None)
+    logits = predict_logits(model, x)
+    return model, {"epochs_run": 0, "val_accuracy": round(float(np.mean(logits.argmax(axis=1) == y)), 6),
+                   "val_hard_ce": round(float(-log_softmax(logits, axis=1)[np.arange(len(y)), y].mean()), 6)}
+
+
+def _check_shapes(loaded: formats.Loaded, teacher: TeacherParams, data: Prepared, where: str) -> None:
+    height, width, channels = data.input_shape
+    if len(loaded.input_shape) != 3:
+        raise KdflowError(f"{where}: it takes inputs of shape {loaded.input_shape}; a teacher takes images "
+                          "(height, width, channels)")
+    if loaded.input_shape[2] not in (None, channels):
+        raise KdflowError(f"{where}: it takes {loaded.input_shape[2]} channels, but the prepared data has "
+                          f"{channels} (data.color_mode)")
+    size = tuple(teacher.image_size) if teacher.image_size is not None else (height, width)
+    if any(given not in (None, wanted) for given, wanted in zip(loaded.input_shape[:2], size)):
+        shown = "x".join("?" if n is None else str(n) for n in loaded.input_shape[:2])
+        if teacher.image_size is not None:
+            raise KdflowError(f"{where}: it takes {shown} images, not teacher.image_size {list(size)}")
+        raise KdflowError(f"{where}: its input size {shown} does not match the prepared data's {height}x{width}: "
+                          f"set teacher.image_size: [{loaded.input_shape[0]}, {loaded.input_shape[1]}] to resize the "
+                          "images for the teacher (or data.image_size to prepare them at its size)")
+    if loaded.width != data.num_classes:
+        raise KdflowError(f"{where}: it outputs {loaded.width} scores, but the prepared data has "
+                          f"{data.num_classes} classes")
+
+
+def _class_order(teacher: TeacherParams, width: int, data: Prepared) -> np.ndarray:
+    """Teacher output i -> the data's class index (identity unless teacher.classes says otherwise)."""
+    names, given = data.class_names, teacher.class_order
+    if given is None:
+        return np.arange(width)
+    if len(given) != width:
+        raise KdflowError(f"teacher.classes lists {len(given)} names, but the teacher outputs {width} scores")
+    unknown = [name for name in given if name not in names]
+    if unknown:
+        raise KdflowError(f"teacher.classes: {unknown[0]!r} is not a class of the data ({', '.join(names)})")
+    return np.array([names.index(name) for name in given])
+
+
+def _behind(net, data: Prepared, convention, image_size, head=None) -> keras.Model:
+    """``net`` on the pipeline's [0, 1] images: the input convention's layers, then ``net``,
+    then ``head``. A Keras teacher that needs none of them is returned as it is."""
+    adapters = input_range.layers(convention, image_size, data.input_shape[-1])
+    if not adapters and head is None and isinstance(net, keras.Model):
+        return net
+    inputs = keras.Input(shape=data.input_shape, name="image")
+    outputs = net(input_range.apply(inputs, adapters))
+    return keras.Model(inputs, head(outputs) if head is not None else outputs, name="teacher")
