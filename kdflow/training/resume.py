@@ -42,12 +42,15 @@ def code_folders() -> list[str]:
 
 def _key(stage: str, trains_on: Iterable[Any], inputs: Iterable[Path]) -> tuple[str, dict]:
     """What a checkpoint belongs to: the stage, what its training reads of the params, its input
-    files and its code (the sub-packages it imported: editing a report reruns no training)."""
+    files and its code (its script and the sub-packages it imported: editing the report throws no
+    checkpoint away)."""
     described = {"stage": stage, "params": json.loads(json.dumps(list(trains_on), default=_plain)),
                  "code": code_folders(), "inputs": sorted(str(p) for p in inputs)}
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     package = Path(kdflow.__file__).parent
+    script = Path("stages") / f"{stage}.py"  # run from the project root, as DVC runs it
     files = [p for folder in described["code"] for p in sorted((package / folder).rglob("*.py"))]
+    files += [script] if script.is_file() else []
     for root in map(Path, inputs):
         files += sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     for path in files:

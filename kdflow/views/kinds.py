@@ -4,7 +4,7 @@ and builds the views of a batch from them.
 A kind's ``draw`` gives int32 [images, views.count, columns], row i a function of (seed, i, view)
 only; its ``apply`` turns a batch of images and their rows into the views, the same pixels
 wherever it runs (the teacher's cache, the students' batches). Its keys sit in ``views`` beside
-count, kind and flip: its knobs class is a base of kdflow.views.params.ViewsParams.
+the section's own: its knobs class is a base of kdflow.views.params.ViewsParams.
 
 Adding a kind: its knobs class, ``draw``, ``apply`` and ``identity``, one ``VIEW_KINDS`` line
 here, and its knobs class among ViewsParams' bases (docs/extending.md).
