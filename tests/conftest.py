@@ -231,9 +231,9 @@ def write_user_npz(repo: Path, per_class: int) -> None:
 def make_byo_repo(repo: Path) -> Path:
     """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own teacher as a user
     brings one: a legacy .h5 file, expecting pixels in [0, 255], ending in a Softmax layer,
-    tracked with `dvc add`, distilled with FitNets (a hint from the teacher's `features` layer,
-    which sits inside the teacher's wrapper) on cutmix views cached in float16: the other code
-    paths of every stage."""
+    tracked with `dvc add`, distilled with attention transfer (the attention maps of the teacher's
+    spatial `features` layer, which sits inside the teacher's wrapper) on cutmix views cached in
+    float16: the other code paths of every stage."""
     import keras
 
     write_user_npz(repo, per_class=20)
@@ -250,7 +250,8 @@ def make_byo_repo(repo: Path) -> Path:
     make_repo(repo, commit=False,
               data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2},
               teacher={"source": "file", "path": "inputs/teacher.h5", "input_range": "byte"},
-              distill={"method": "fitnet", "fitnet": {"teacher_layer": "features", "student_layer": "flatten"}},
+              distill={"method": "at", "at": {"teacher_layer": "features", "student_layer": "relu0"}},
+              train_student={"epochs": 15, "batch_size": 12},  # long enough for a student to learn (36 images)
               views={"mix": "cutmix", "cache_dtype": "float16"})
     sh(["dvc", "add", "inputs/mine.npz", "inputs/teacher.h5"], repo)
     sh(["git", "add", "-A"], repo)

@@ -255,3 +255,81 @@ def test_a_weight_regulariser_enters_the_loss_but_not_the_logged_terms(batch):
     np.testing.assert_allclose(losses[1] - losses[0], penalty, rtol=1e-4)
     assert logged(plain) == logged(regularised)
 
+
+# ---- attention transfer: a feature method added through the interface ------------------------------
+
+def np_attention(features):
+    """Zagoruyko & Komodakis 2017: the mean over channels of the squared activations, each map
+    scaled to unit L2 norm."""
+    energy = (features.astype(np.float64) ** 2).mean(-1)
+    return energy / np.sqrt((energy**2).sum(axis=(1, 2), keepdims=True))
+
+
+def test_attention_transfer_matches_numpy_reference_and_adds_its_weighted_term(batch):
+    from kdflow.distill.methods import attention_map
+
+    labels, teacher, student = batch
+    params = validated(distill={"method": "at", "at": {"weight": 500.0}})
+    method = methods.build(params.distill, params.temperature)
+    (maps,) = method.features
+    assert (maps.name, maps.teacher_layer, maps.student_layer) == ("attention", "stage1_block2_out", "pool0")
+    rng = np.random.default_rng(2)
+    t_feat, s_feat = rng.normal(size=(16, 5, 4, 6)), rng.normal(size=(16, 5, 4, 3))  # same size, other widths
+    t_side = attention_map(tf.constant(t_feat, tf.float32))
+    s_side = maps.student(tf.constant(s_feat, tf.float32), tuple(t_side.shape[1:]))
+    np.testing.assert_allclose(t_side.numpy(), np_attention(t_feat), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s_side.numpy(), np_attention(s_feat), rtol=1e-5, atol=1e-7)
+    terms = method.terms(Seen(tf.constant(labels), tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
+                              teacher={"attention": t_side}, student={"attention": s_side}))
+    expected = 500.0 * ((np_attention(s_feat) - np_attention(t_feat)) ** 2).mean(axis=(1, 2))
+    np.testing.assert_allclose(terms["attention_loss"].numpy(), expected, rtol=1e-4)
+    np.testing.assert_allclose(terms["soft_loss"].numpy(), np_kd_loss(labels, teacher, student, 0.0, params.temperature),
+                               rtol=1e-4)
+
+
+def test_attention_maps_of_other_resolutions_are_compared_at_the_teachers():
+    from kdflow.distill.methods import attention_map
+
+    params = validated(distill={"method": "at"})
+    (maps,) = methods.build(params.distill, params.temperature).features
+    teacher = np.full((4, 6, 6, 2), 0.1, np.float32)
+    for i, (r, c) in enumerate([(0, 0), (0, 4), (4, 0), (4, 4)]):  # each image's energy in another corner
+        teacher[i, r:r + 2, c:c + 2] = 1.0
+    same = np.repeat(np.repeat(teacher, 2, axis=1), 2, axis=2)  # the same spatial energy at twice the size
+    t_side = attention_map(tf.constant(teacher)).numpy()
+    s_same = maps.student(tf.constant(same), t_side.shape[1:]).numpy()
+    s_other = maps.student(tf.constant(same[::-1]), t_side.shape[1:]).numpy()  # other images' maps
+    assert s_same.shape == t_side.shape == (4, 6, 6)
+    np.testing.assert_allclose((s_same**2).sum(axis=(1, 2)), 1.0, rtol=1e-5)  # unit norm after resizing
+    close, far = (((s - t_side) ** 2).mean(axis=(1, 2)) for s in (s_same, s_other))
+    assert (close < 0.05 * far).all(), (close, far)
+
+
+def test_a_student_learns_with_attention_transfer_from_a_trained_teacher():
+    """The method end to end in-process: the teacher's maps computed over the splits as distill
+    computes them, the student's 3x3 maps trained against the teacher's 6x6 (resized, with
+    gradients), a student that learns, and no trace of the maps in the shipped model."""
+    from conftest import distilled_students, make_prepared
+    from kdflow.core import KdflowError
+    from kdflow.teacher import train as teachers
+    from kdflow.views import cache
+
+    data = make_prepared()
+    schedule = {"batch_size": 16, "learning_rate": 0.01, "lr_floor": 0.1, "amsgrad": False, "patience": None}
+    params = validated(repeats=1, student={"arch": "notebook_student"},
+                       train_teacher={**schedule, "epochs": 8, "augment": {"shift": 0.0}},
+                       train_student={**schedule, "epochs": 6},
+                       distill={"method": "at", "at": {"teacher_layer": "relu0", "student_layer": "pool0"}})
+    teacher, _ = teachers.train(params.teacher, params.train_teacher, params.seed, data)
+    method = methods.build(params.distill, params.temperature)
+    computed = cache.compute(teacher, data)
+    targets = {split: {TEACHER_LOGITS: computed[split]} for split in ("train", "val")}
+    for split, sides in cache.teacher_features(teacher, data, None, method.features).items():
+        targets[split].update(sides)
+    assert targets["val"][feature_target("attention")].shape == (len(data.xy("val")[1]), 6, 6)  # relu0: 6x6x8
+    (student, summary), = list(distilled_students(params, data, targets))
+    assert summary["val_accuracy"] > 0.6 and summary["attention_loss"] > 0  # 3 classes: it learned
+    assert [layer.name for layer in student.layers] == ["image", "conv0", "relu0", "pool0", "flatten", "logits"]
+    flat_layer = params.distill.model_copy(update={"at": params.distill.at.model_copy(update={"teacher_layer": "dense0"})})
+    with pytest.raises(KdflowError, match=r"distill.at.teacher_layer = 'dense0' gives shape \(None, 32\): attention"):
+        cache.teacher_features(teacher, data, None, methods.build(flat_layer, params.temperature).features)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, Mapping
 
 from pydantic import Field
 
+from kdflow.core import KdflowError
 from kdflow.core.params import Section
 
 
@@ -209,10 +210,50 @@ def fitnet(knobs: FitnetKnobs, temperature: float) -> Method:
     return Method(terms, ("soft_loss", "hint_loss"), (hint,))
 
 
+class AtKnobs(Section):
+    """Attention transfer (Zagoruyko & Komodakis 2017): the student layer's spatial attention map
+    is regressed onto the teacher layer's; added to the KD loss."""
+
+    teacher_layer: str = "stage1_block2_out"  # the default ResNet-20 teacher's second stage (14x14 on digits)
+    student_layer: str = "pool0"  # the default student's pooled convolution (13x13)
+    weight: float = Field(1000.0, ge=0)  # beta, as the paper's and RepDistiller's CIFAR runs
+
+
+def attention_map(features, size: tuple[int, int] | None = None):
+    """The spatial attention map of a [b, H, W, C] feature map: the mean over channels of the
+    squared activations, resized to ``size`` (as RepDistiller pools the larger map to the smaller
+    one's size), each map scaled to unit L2 norm: [b, H, W]."""
+    import keras
+
+    if len(features.shape) != 4:
+        raise KdflowError(f"gives shape {tuple(features.shape)}: attention transfer compares spatial maps "
+                          "(batch, height, width, channels)")
+    energy = keras.ops.mean(keras.ops.square(features), axis=-1, keepdims=True)
+    if size is not None and tuple(energy.shape[1:3]) != tuple(size):
+        # antialiased bilinear: area-weighted when it shrinks, and differentiable (TF has no
+        # gradient for its area resize)
+        energy = keras.ops.image.resize(energy, tuple(size), interpolation="bilinear", antialias=True)
+    energy = energy[..., 0]
+    norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(energy), axis=(1, 2), keepdims=True))
+    return energy / keras.ops.maximum(norm, 1e-12)
+
+
+def at(knobs: AtKnobs, temperature: float) -> Method:
+    """Attention transfer: T^2 * KL plus weight * the mean squared difference of the normalised
+    attention maps, the student's brought to the teacher's resolution."""
+    def terms(seen: Seen) -> dict:
+        return {"soft_loss": soft_kl(seen.teacher_logits, seen.student_logits, temperature),
+                "attention_loss": knobs.weight * _mean_square(seen.student["attention"], seen.teacher["attention"])}
+
+    maps = Feature("attention", "distill.at", knobs.teacher_layer, knobs.student_layer, attention_map,
+                   lambda output, teacher_shape: attention_map(output, teacher_shape[:2]))
+    return Method(terms, ("soft_loss", "attention_loss"), (maps,))
+
+
 # ---- the registry and the `distill` section --------------------------------------------------------
 
 METHODS: dict[str, Callable[[Any, float], Method]] = {
-    "kd": kd, "dkd": dkd, "lskd": lskd, "dist": dist, "mse": mse, "fitnet": fitnet,
+    "kd": kd, "dkd": dkd, "lskd": lskd, "dist": dist, "mse": mse, "fitnet": fitnet, "at": at,
 }
 
 
@@ -223,6 +264,7 @@ class DistillParams(Section):
     dkd: DkdKnobs = DkdKnobs()
     dist: DistKnobs = DistKnobs()
     fitnet: FitnetKnobs = FitnetKnobs()
+    at: AtKnobs = AtKnobs()
 
 
 def build(distill: DistillParams, temperature: float) -> Method:
