@@ -143,7 +143,7 @@ def paired_gain(distilled: list[float], scratch: list[float]) -> dict:
 def gap_closed(mean_gain: float, teacher_accuracy: float, scratch_accuracies: list[float]) -> float | None:
     """Share of the teacher - scratch accuracy gap that distillation closed. Null when that gap
     is within the noise: not larger than twice the scratch students' standard deviation (a
-    ratio to a gap of noise is meaningless: a 0.3-point gap once read as -93%)."""
+    ratio to a gap of noise is meaningless)."""
     return _r(mean_gain / gap) if (gap := gap_size(teacher_accuracy, scratch_accuracies)) is not None else None
 
 

@@ -135,8 +135,8 @@ def _row_readers(arrays: Mapping[str, Images], tensors: ImageTensors):
     """idx -> {name: the rows idx of that array}, as a TF function of the index batch. Arrays in
     memory are gathered from one TF copy (``tensors`` for the images; a constant for a target);
     arrays on disk (a ShardedArray, kdflow.views.cache.TopKLogits: anything with ``take``) are
-    read by one ``tf.numpy_function`` call for all of them: a call per array and batch cost the
-    distilled students' epoch more than the whole 5% the scratch students allow (docs/performance.md)."""
+    read by one ``tf.numpy_function`` call for all of them: a call per array and batch made the
+    distilled students' epoch measurably slower than the scratch students' (docs/performance.md)."""
     in_memory = {key: (tensors(value) if key == IMAGES else tf.constant(value))
                  for key, value in arrays.items() if isinstance(value, np.ndarray)}
     on_disk = {key: value for key, value in arrays.items() if not isinstance(value, np.ndarray)}
