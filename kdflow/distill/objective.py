@@ -102,8 +102,8 @@ def objective(method: Method, alpha: float, feature_shapes: Mapping[str, tuple] 
 
 
 def feature_shapes(targets: Mapping[str, Mapping], method: Method) -> dict[str, tuple]:
-    """Each feature's teacher side, its shape per sample, from the training targets ([images,
-    views, ...] per view, [images, ...] without views: the validation split's is the same per sample)."""
+    """Each feature's teacher side, its shape per sample: read off the validation targets (one row
+    per image; the training targets have one per view)."""
     return {f.name: tuple(targets["val"][feature_target(f.name)].shape[1:]) for f in method.features}
 
 

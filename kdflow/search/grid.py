@@ -11,7 +11,7 @@ import yaml
 from kdflow.core import KdflowError
 from kdflow.core.paths import DVC_YAML, PARAMS_FILE
 
-# The grid when no -S is given: the KD knobs that mattered most (docs/results.md), with and without
+# The grid when no -S is given: the KD params that mattered most (docs/results.md), with and without
 # the views, and with the views unmixed, mixup and cutmix (function matching): on small images the
 # default shifts can cost the scratch students more than the teacher gives back (8x8 digits), and
 # a mix can help either student. Views are chosen on the scratch students first. Without views
@@ -110,7 +110,7 @@ def recipes(grid: dict[str, list], workspace: dict, known: set[str], distilled: 
 
 def matches(params: dict, recipe: dict, workspace: dict, distilled: Distilled) -> bool:
     """``params`` (flattened, from `dvc exp show`, which leaves nulls out) are the workspace's
-    with ``recipe`` applied; without distillation the KD knobs (temperature, ...) do not matter."""
+    with ``recipe`` applied; without distillation the KD params (temperature, ...) do not matter."""
     full = {**workspace, **recipe}
     ignored = distilled if (full["alpha"] == 1.0 and full["distill.method"] == "kd") else (lambda key: False)
     return all(params.get(key) == value for key, value in full.items()
