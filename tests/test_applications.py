@@ -50,8 +50,8 @@ def test_an_applications_problems_are_one_line_each(tmp_path):
     assert error(arch="ResNet50V2", width=0.5) == \
         "student.width = 0.5: ResNet50V2 takes no width (only the MobileNets do)"
     assert error(arch="MobileNetV2", input_range="byte").startswith("student.input_range = byte: MobileNetV2 maps")
-    assert error(arch="MobileNetV2", weights=str(tmp_path / "none.h5")).startswith(
-        f"student.weights = {tmp_path / 'none.h5'}: no such file")
+    assert error(arch="MobileNetV2", weights="file", weights_file=str(tmp_path / "none.h5")) == \
+        f"student.weights_file = {tmp_path / 'none.h5'}: no such file"
     # offline (this machine): the download fails with one line that says what to do
     assert "could not download MobileNetV2's ImageNet weights (offline?)" in error(arch="MobileNetV2",
                                                                                    weights="imagenet")
@@ -59,14 +59,21 @@ def test_an_applications_problems_are_one_line_each(tmp_path):
     other = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
     other.save_weights(tmp_path / "v2_035.weights.h5")
     for student in ({"arch": "MobileNetV3Small"}, {"arch": "MobileNetV2", "width": 0.5}):
-        assert error(**student, weights=str(tmp_path / "v2_035.weights.h5")).startswith(
-            f"student.weights = {tmp_path / 'v2_035.weights.h5'}: not weights for this")
+        assert error(**student, weights="file", weights_file=str(tmp_path / "v2_035.weights.h5")).startswith(
+            f"student.weights_file = {tmp_path / 'v2_035.weights.h5'}: not weights for this")
     # the right file loads: the backbone starts from it
-    loaded = built(arch="MobileNetV2", width=0.35, weights=str(tmp_path / "v2_035.weights.h5"))
+    loaded = built(arch="MobileNetV2", width=0.35, weights="file", weights_file=str(tmp_path / "v2_035.weights.h5"))
     for mine, theirs in zip(loaded.get_layer("mobilenetv2_0.35_32").get_weights(), other.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
     with pytest.raises(Exception, match="width applies to a keras.applications arch, not resnet8"):
         section("student", arch="resnet8", width=0.5)
+    # the file is a path of its own (a DVC dependency): the old spelling says where it goes
+    with pytest.raises(Exception, match="give the file as weights_file: inputs/b0.h5 with weights: file"):
+        section("student", arch="MobileNetV2", weights="inputs/b0.h5")
+    with pytest.raises(Exception, match="weights: file reads weights_file: set it"):
+        section("student", arch="MobileNetV2", weights="file")
+    with pytest.raises(Exception, match="weights_file applies with weights: file"):
+        section("student", arch="MobileNetV2", weights_file="inputs/b0.h5")
 
 
 def test_fine_tuning_trains_the_logits_alone_first_then_every_layer_on_fresh_crops():

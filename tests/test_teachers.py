@@ -407,3 +407,28 @@ def test_a_per_channel_mean_std_is_applied_channel_by_channel():
     np.testing.assert_allclose(mapped, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(KdflowError, match="mean/std give 3 values, but the images have 1 channels"):
         build(validated(student={"arch": "repo_student", "input_range": imagenet}).student, SHAPE, 3, "s")
+
+
+def test_a_teacher_whose_stored_batch_norm_statistics_do_not_fit_the_images_is_named(data, in_tmp):
+    """Frozen statistics of other images: with the batch's own statistics it reads every image
+    right; with its stored ones, never class q."""
+    inputs = keras.Input(SHAPE)
+    norm = keras.layers.BatchNormalization(name="scores_bn")
+    model = keras.Model(inputs, norm(scores(inputs)))
+    norm.set_weights([np.ones(3, np.float32), np.zeros(3, np.float32), np.array([0.0, 6.0, 0.0], np.float32),
+                      np.ones(3, np.float32)])
+    model.save(in_tmp / "stale.keras")
+    printed.clear()
+    _, summary = import_teacher(in_tmp / "stale.keras", data)
+    assert summary["val_accuracy"] < 0.7
+    warnings = [line for line in printed if "warning" in line]
+    assert warnings == [f"train_teacher: warning: teacher scores {summary['val_accuracy']:.3f} on validation in "
+                        "inference mode but 1.000 with batch statistics: its stored batch-norm statistics do not "
+                        "match its weights or these images (docs/troubleshooting.md)"]
+    # a healthy teacher with batch norm (statistics of these images) gets no warning
+    norm.set_weights([np.ones(3, np.float32), np.zeros(3, np.float32), np.full(3, 5 / 3, np.float32),
+                      np.full(3, 50 / 9, np.float32)])
+    model.save(in_tmp / "fit.keras")
+    printed.clear()
+    _, summary = import_teacher(in_tmp / "fit.keras", data)
+    assert summary["val_accuracy"] == 1.0 and not [line for line in printed if "warning" in line]

@@ -63,6 +63,9 @@ class TrainParams(Section):
     amsgrad: bool = True
     # Epochs without val-loss improvement before stopping (best weights restored); null = off.
     patience: Optional[int] = Field(None, ge=1)
+    # After training: every batch-norm layer's stored statistics re-estimated at the final weights,
+    # over one pass of the training images (kdflow.models.batch_norm). false = keep the moving averages.
+    recompute_bn: bool = True
 
 
 class TeacherTrainParams(TrainParams):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from kdflow.core import KdflowError, first_line
 from kdflow.core.params import Section
+from kdflow.core.paths import INPUTS_DIR
 from kdflow.models import input_range
 
 
@@ -23,9 +24,29 @@ class ApplicationKnobs(Section):
     width: float = Field(1.0, gt=0, le=4)  # the MobileNets' alpha (width multiplier); 1 for the others
     dropout: float = Field(0.0, ge=0, lt=1)  # before the logits layer
     # The backbone's starting weights: null (random), imagenet (downloaded by Keras: needs the
-    # internet), or the path of a weights file for this backbone without its top (as Keras
-    # distributes them: the `..._no_top.h5` files).
-    weights: Optional[str] = None
+    # internet), or file: the file at weights_file, this backbone's weights without its top (as
+    # Keras distributes them: the `..._no_top.h5` files).
+    weights: Optional[Literal["imagenet", "file"]] = None
+    # A path of its own, so that dvc.yaml lists the file as a dependency of the stages that read it
+    # (a changed file reruns them); the default is the placeholder folder, as for teacher.path.
+    weights_file: str = INPUTS_DIR
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _file_in_weights_file(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in ("imagenet", "file"):
+            raise ValueError(f"{value!r}: give the file as weights_file: {value} with weights: file (so that DVC "
+                             "tracks it), or null or imagenet")
+        return value
+
+    @model_validator(mode="after")
+    def _file_given(self) -> "ApplicationKnobs":
+        placeholder = self.weights_file.rstrip("/") == INPUTS_DIR
+        if self.weights == "file" and placeholder:
+            raise ValueError("weights: file reads weights_file: set it to the backbone's no-top weights file")
+        if self.weights != "file" and not placeholder:
+            raise ValueError("weights_file applies with weights: file")
+        return self
 
 
 @dataclass(frozen=True)
@@ -70,9 +91,9 @@ def builder(name: str) -> Callable[[ApplicationKnobs, Any, int], Any]:
             raise KdflowError(f"width = {knobs.width:g}: {name} takes no width (only the MobileNets do)")
         if app.include_preprocessing:
             options["include_preprocessing"] = True
-        weights = knobs.weights
-        if weights not in (None, "imagenet") and not Path(weights).is_file():
-            raise KdflowError(f"weights = {weights}: no such file (give null, imagenet, or a weights file)")
+        weights = knobs.weights_file if knobs.weights == "file" else knobs.weights
+        if knobs.weights == "file" and not Path(weights).is_file():
+            raise KdflowError(f"weights_file = {weights}: no such file")
         try:
             backbone = getattr(keras.applications, name)(
                 include_top=False, weights=weights, input_shape=(height, width, channels), pooling="avg", **options)
@@ -96,4 +117,4 @@ def _build_problem(exc: Exception, weights: str | None, name: str) -> str:
                 "its no-top weights file where you are online and give its path")
     if weights == "imagenet":
         return f"weights = imagenet: {text}"
-    return f"weights = {weights}: not weights for this {name} ({text})"
+    return f"weights_file = {weights}: not weights for this {name} ({text})"

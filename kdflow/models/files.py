@@ -111,6 +111,16 @@ def load_user_model(path: str | Path, *, key: str, safe_mode: bool = True) -> An
         raise KdflowError(f"{where}: not a loadable Keras model ({first_line(exc)})") from None
 
 
+def plain_copy(model: Any) -> Any:
+    """A model of its own with ``model``'s architecture and current weights (built outside
+    any distribution strategy)."""
+    import keras
+
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
     """Save every repeat to ``models/<role>_repeats/repeat_<i>.keras`` (swapped in as a whole
     when all are trained) and repeat 0 to ``models/<role>.keras``; return the metrics summary."""

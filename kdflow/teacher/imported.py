@@ -11,9 +11,9 @@ from scipy.special import log_softmax
 from kdflow.core import KdflowError
 from kdflow.core.prepared import Prepared
 from kdflow.core.runner import deterministic
-from kdflow.models import input_range
+from kdflow.models import batch_norm, input_range
 from kdflow.models.layers import TeacherOutputs
-from kdflow.models.logits import predict_logits
+from kdflow.models.logits import INFERENCE_BATCH_SIZE, predict_logits
 from kdflow.models.params import TeacherParams
 from kdflow.teacher import formats, import_check
 
@@ -31,6 +31,7 @@ def import_file(teacher: TeacherParams, seed: int, data: Prepared, log=print) ->
     raw = [predict_logits(_behind(loaded.net, data, r, teacher.image_size), x) for r in tried]
     probabilities, found = import_check.output_kind(raw[0], teacher.outputs, where)
     log(f"train_teacher: {where} ({loaded.kind}): {found}")
+    _check_batch_norm(_behind(loaded.net, data, tried[0], teacher.image_size), raw[0], to_data, x, y, seed, log)
     line, problem = import_check.assess(
         tried, [outputs.argmax(axis=1) for outputs in raw], y, to_data, data.class_names,
         input_range.describe, input_range.as_param, teacher.classes is not None)
@@ -45,6 +46,18 @@ def import_file(teacher: TeacherParams, seed: int, data: Prepared, log=print) ->
     logits = predict_logits(model, x)
     return model, {"epochs_run": 0, "val_accuracy": round(float(np.mean(logits.argmax(axis=1) == y)), 6),
                    "val_hard_ce": round(float(-log_softmax(logits, axis=1)[np.arange(len(y)), y].mean()), 6)}
+
+
+def _check_batch_norm(net, outputs: np.ndarray, to_data: np.ndarray, x, y: np.ndarray, seed: int, log) -> None:
+    """The warning for a teacher whose stored batch-norm statistics do not fit these images (frozen
+    statistics of other data: kdflow does not retrain an imported teacher), before any stop."""
+    if not batch_norm.batch_norm_layers(net):
+        return
+    batch = to_data[batch_norm.batch_statistics_predictions(net, x, INFERENCE_BATCH_SIZE, seed)]
+    warning = batch_norm.disagreement("teacher", float(np.mean(to_data[outputs.argmax(axis=1)] == y)),
+                                      float(np.mean(batch == y)), len(y))
+    if warning is not None:
+        log(f"train_teacher: {warning}")
 
 
 def _check_shapes(loaded: formats.Loaded, teacher: TeacherParams, data: Prepared, where: str) -> None:

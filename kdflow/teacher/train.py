@@ -13,7 +13,8 @@ import keras
 from kdflow.core.params import AugmentParams, TeacherTrainParams
 from kdflow.core.prepared import Prepared
 from kdflow.core.runner import deterministic
-from kdflow.models import families
+from kdflow.models import batch_norm, families
+from kdflow.models.files import plain_copy
 from kdflow.models.params import TeacherParams
 from kdflow.training import curves, strategy
 from kdflow.training.loop import Trainer
@@ -47,6 +48,11 @@ def train(teacher: TeacherParams, schedule: TeacherTrainParams, seed: int, data:
         summary = Trainer(trained, schedule, train_images, "train_teacher").fit_prepared(
             data, seed, loggers=loggers, checkpoint=run_dir / "teacher.npz" if run_dir is not None else None,
             views=crops if crops is None else crops.after(schedule.freeze_epochs))
+    model = plain_copy(model)
+    summary = batch_norm.settle(model, summary, data, schedule, seed, "teacher")
+    line = batch_norm.settled_line("train_teacher", [summary], train_images)
+    if line is not None:
+        print(line, flush=True)
     if head_summary is not None:
         summary = {**summary, "epochs_run": head_summary["epochs_run"] + summary["epochs_run"],
                    "best_epoch": head_summary["epochs_run"] + summary["best_epoch"],

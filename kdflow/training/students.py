@@ -21,7 +21,8 @@ import keras
 from kdflow.core.params import TrainParams
 from kdflow.core.prepared import Prepared
 from kdflow.core.runner import deterministic
-from kdflow.models import families
+from kdflow.models import batch_norm, families
+from kdflow.models.files import plain_copy
 from kdflow.models.params import StudentParams
 from kdflow.training import curves, strategy
 from kdflow.training.inputs import Targets, ViewSource
@@ -55,6 +56,7 @@ def train(students: Students, data: Prepared, objective: Callable[[], Objective]
     # weights (the same as building anew under its seed), so its training steps are traced once
     # per stage, not once per repeat (time, and memory that clear_session does not give back).
     student = trainer = None
+    settled = []
     for repeat in range(students.repeats):
         repeat_seed = students.seed + repeat
         deterministic(repeat_seed)
@@ -72,12 +74,12 @@ def train(students: Students, data: Prepared, objective: Callable[[], Objective]
             checkpoint = run_dir / f"repeat_{repeat}.npz" if run_dir is not None else None
             summary = trainer.fit_prepared(data, repeat_seed, targets, callbacks=goal.callbacks(), loggers=loggers,
                                            checkpoint=checkpoint, views=views)
-        yield _copy(student), summary
+        trained = plain_copy(student)
+        summary = batch_norm.settle(trained, summary, data, students.schedule, repeat_seed,
+                                    f"{students.role} repeat {repeat + 1}/{students.repeats}")
+        settled.append(summary)
+        yield trained, summary
+    line = batch_norm.settled_line(students.role, settled, len(data.xy("train")[1]))
+    if line is not None:
+        print(line, flush=True)
 
-
-def _copy(model: keras.Model) -> keras.Model:
-    """A model of its own with ``model``'s architecture and current weights (built outside
-    any distribution strategy)."""
-    copy = keras.Model.from_config(model.get_config())
-    copy.set_weights(model.get_weights())
-    return copy

@@ -1,0 +1,178 @@
+"""Batch-norm statistics that match a model's weights, and the check that they do.
+
+A BatchNormalization layer normalises by the batch's statistics while training and by its stored
+moving averages in inference mode, which is how models are evaluated and shipped (the TFLite
+converter folds the stored statistics into the convolutions). The moving averages start at mean 0,
+variance 1 and forget them at the layer's momentum: keras.applications build theirs with 0.999, so
+after N steps the initial variance still weighs 0.999^N (0.73 after 320 steps). Where a layer's real
+batch variance is far below 1 (depthwise convolutions trained from scratch, ~1e-3), that leftover
+dominates the stored variance at any momentum short of thousands of steps, and the model scores
+chance in inference mode while it is near perfect with batch statistics (docs/troubleshooting.md).
+
+The remedy is PyTorch's ``torch.optim.swa_utils.update_bn`` ("precise BN"): at the final weights,
+one pass over the training images in training mode, each layer's statistics the average of the
+batches' (a cumulative average, not an EMA). Keras has no such function, so it is written here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdflow.core.params import TrainParams
+from kdflow.core.prepared import Prepared
+
+# A model warns when its batch-statistics accuracy beats its inference-mode accuracy by more
+# than this (and by more than two images): far beyond what the two modes differ by in a healthy model.
+DISAGREEMENT = 0.05
+
+
+def batch_norm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of ``model``, nested models included, each once."""
+    found: dict[int, keras.layers.BatchNormalization] = {}
+
+    def walk(layer) -> None:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.setdefault(id(layer), layer)
+        for inner in getattr(layer, "layers", None) or ():
+            walk(inner)
+
+    walk(model)
+    return list(found.values())
+
+
+@contextmanager
+def _batch_statistics(model: keras.Layer) -> Iterator[list[keras.layers.BatchNormalization]]:
+    """Within: ``model`` called with training=True normalises every BN layer by the batch's own
+    statistics and stores them as its moving statistics (momentum 0; frozen layers too), with
+    dropout off, so that it computes what inference mode would with statistics matching this
+    batch. Everything is put back on leaving, but the moving statistics (the caller's business)."""
+    layers = batch_norm_layers(model)
+    dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    saved = [(layer.momentum, layer.trainable) for layer in layers], [layer.rate for layer in dropouts]
+    try:
+        for layer in layers:
+            layer.momentum, layer.trainable = 0.0, True
+        for layer in dropouts:
+            layer.rate = 0.0
+        yield layers
+    finally:
+        for layer, (momentum, trainable) in zip(layers, saved[0]):
+            layer.momentum, layer.trainable = momentum, trainable
+        for layer, rate in zip(dropouts, saved[1]):
+            layer.rate = rate
+
+
+def _all_layers(model: keras.Layer) -> list:
+    layers, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        layers.append(layer)
+        stack.extend(getattr(layer, "layers", None) or ())
+    return layers
+
+
+def _batches(count: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Every row once, in seeded random batches of ``batch_size`` (classes mixed as in training),
+    the last one taking the remainder (a tiny batch's variance is noise); each sorted, so that rows
+    on disk are read in order."""
+    rows = np.random.default_rng(seed).permutation(count)
+    starts = list(range(0, max(count - batch_size, 0) + 1, batch_size))
+    return [np.sort(rows[start:end]) for start, end in zip(starts, starts[1:] + [count])]
+
+
+def reestimate(model: keras.Model, images, batch_size: int, seed: int) -> int:
+    """Replace the moving statistics of every BN layer of ``model`` with the average of its batch
+    statistics over ``images`` (seeded random batches of ``batch_size``, each weighted by its size;
+    training mode at the current weights, dropout off). Returns how many layers it set; 0 (nothing done) without any."""
+    with _batch_statistics(model) as layers:
+        if not layers:
+            return 0
+        moving = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+
+        @tf.function(reduce_retracing=True)
+        def statistics_of(x):
+            model(x, training=True)  # momentum 0: stores this batch's statistics
+            return [tf.identity(v.value) for v in moving]
+
+        totals = [np.zeros(v.shape, np.float64) for v in moving]
+        seen = 0
+        for rows in _batches(len(images), batch_size, seed):
+            for total, value in zip(totals, statistics_of(images[rows])):
+                total += value.numpy().astype(np.float64) * len(rows)
+            seen += len(rows)
+        for variable, total in zip(moving, totals):
+            variable.assign((total / seen).astype(variable.dtype))
+    return len(layers)
+
+
+def batch_statistics_predictions(model: keras.Model, x, batch_size: int, seed: int) -> np.ndarray:
+    """``model``'s predicted class (output argmax) for every row of ``x``, with every BN layer
+    normalising by the batch's own statistics (seeded random batches of ``batch_size``, dropout
+    off): what it predicts when its stored statistics are not the problem. They are left as they were."""
+    predicted = np.zeros(len(x), np.int64)
+    with _batch_statistics(model) as layers:
+        moving = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+        stored = [v.numpy() for v in moving]
+        predict = tf.function(lambda images: model(images, training=True), reduce_retracing=True)
+        for rows in _batches(len(x), batch_size, seed):
+            predicted[rows] = np.argmax(keras.ops.convert_to_numpy(predict(x[rows])), axis=1)
+        for variable, value in zip(moving, stored):
+            variable.assign(value)
+    return predicted
+
+
+def disagreement(name: str, inference_accuracy: float, batch_accuracy: float, images: int) -> str | None:
+    """The one-line warning for a model whose inference mode scores far below its batch statistics
+    (stored statistics that do not fit its weights or this data: a frozen BN fed other images,
+    or statistics not re-estimated), or None."""
+    if batch_accuracy - inference_accuracy <= max(DISAGREEMENT, 2 / max(images, 1)):
+        return None
+    return (f"warning: {name} scores {inference_accuracy:.3f} on validation in inference mode but "
+            f"{batch_accuracy:.3f} with batch statistics: its stored batch-norm statistics do not match its "
+            "weights or these images (docs/troubleshooting.md)")
+
+
+def settle(model: keras.Model, summary: dict, data: Prepared, schedule: TrainParams, seed: int, name: str,
+           warn=print) -> dict:
+    """After training ``model`` on ``data`` under ``schedule``: its stored statistics re-estimated
+    over the training images (``schedule.recompute_bn``), then its two modes compared on the
+    validation images (``warn`` gets the line, naming ``name``, if they disagree). Returns
+    ``summary`` with a ``batch_norm`` entry (the inference-mode validation accuracy before and
+    after, and with batch statistics) and the saved model's val_accuracy; as it was without a BN layer."""
+    if not batch_norm_layers(model):
+        return summary
+    from kdflow.models.logits import predict_logits
+
+    x, y = data.xy("val")
+    accuracy = lambda: round(float(np.mean(predict_logits(model, x).argmax(axis=1) == y)), 6)  # noqa: E731
+    entry = {"val_accuracy_before": accuracy()}
+    if schedule.recompute_bn:
+        entry["layers"] = reestimate(model, data.xy("train")[0], schedule.batch_size, seed)
+    entry["val_accuracy_after"] = accuracy() if schedule.recompute_bn else entry["val_accuracy_before"]
+    batch_predictions = batch_statistics_predictions(model, x, schedule.batch_size, seed)
+    entry["val_accuracy_batch_statistics"] = round(float(np.mean(batch_predictions == y)), 6)
+    line = disagreement(name, entry["val_accuracy_after"], entry["val_accuracy_batch_statistics"], len(y))
+    if line is not None:
+        warn(line)
+    return {**summary, "val_accuracy": entry["val_accuracy_after"], "batch_norm": entry}
+
+
+def settled_line(who: str, summaries: list[dict], train_images: int) -> str | None:
+    """The stage's one line on the ``batch_norm`` entries of ``summaries`` (settle's, one per
+    model): re-estimated or kept, and the mean inference-mode validation accuracy before and after;
+    None without a BN layer."""
+    entries = [summary["batch_norm"] for summary in summaries if "batch_norm" in summary]
+    if not entries:
+        return None
+    before = np.mean([entry["val_accuracy_before"] for entry in entries])
+    after = np.mean([entry["val_accuracy_after"] for entry in entries])
+    mean = "mean " if len(entries) > 1 else ""
+    if "layers" not in entries[0]:
+        return f"{who}: batch-norm statistics kept (recompute_bn: false): {mean}val accuracy {before:.4f}"
+    return (f"{who}: batch-norm statistics of {entries[0]['layers']} layers re-estimated over {train_images} "
+            f"training images: {mean}val accuracy (inference mode) {before:.4f} -> {after:.4f}")
