@@ -107,6 +107,26 @@ def test_a_code_change_leaves_up_to_date_every_stage_it_cannot_affect(pipeline_r
     assert json.loads(sh(["dvc", "status", "--json"], repo).stdout) == {}
 
 
+def test_a_changed_weights_file_reruns_the_stages_it_feeds(pipeline_repo, tmp_path):
+    """teacher.weights_file and student.weights_file are DVC deps (dvc commit records them as a run
+    would: the tiny project's archs take no weights, and no stage needs to run for DVC to tell)."""
+    repo = copy_repo(pipeline_repo, tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "weights").mkdir()
+    for model in ("teacher", "student"):
+        (repo / f"weights/{model}_no_top.h5").write_bytes(b"first")
+        params[model].update(weights="file", weights_file=f"weights/{model}_no_top.h5")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["dvc", "commit", "-f", "-q"], repo)
+    assert json.loads(sh(["dvc", "status", "--json"], repo).stdout) == {}
+    for model, stale in (("teacher", {"train_teacher"}), ("student", {"distill", "train_scratch", "train_plain"})):
+        (repo / f"weights/{model}_no_top.h5").write_bytes(b"second")
+        status = json.loads(sh(["dvc", "status", "--json"], repo).stdout)
+        assert set(status) == stale, model
+        assert all({"changed deps": {f"weights/{model}_no_top.h5": "modified"}} in status[stage] for stage in stale)
+        sh(["dvc", "commit", "-f", "-q"], repo)
+
+
 def test_plots_report_and_evaluation_metrics(pipeline_repo, tmp_path):
     repo = pipeline_repo  # read only
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())

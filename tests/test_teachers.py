@@ -3,6 +3,8 @@ each of its forms, another input range, class order or resolution, and every ref
 teacher is built and saved here, with hand-set weights where it must be good: a bright column
 marks the class, so a teacher that reads it right is right on every image."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -57,15 +59,15 @@ def logits_net(**kwargs):
     return keras.Model(inputs, scores(inputs, **kwargs))
 
 
-def with_softmax(form: str) -> keras.Model:
+def with_softmax(form: str, order=(0, 1, 2)) -> keras.Model:
     """The logits net with its softmax as a layer or as the last Dense's activation."""
     inputs = keras.Input(SHAPE)
-    h = scores(inputs)
+    h = scores(inputs, order=order)
     if form == "layer":
         return keras.Model(inputs, keras.layers.Softmax(name="probs")(h))
-    head = keras.layers.Dense(3, activation="softmax", name="probs")
+    head = keras.layers.Dense(len(order), activation="softmax", name="probs")
     out = head(h)
-    head.set_weights([np.eye(3, dtype=np.float32), np.zeros(3, np.float32)])
+    head.set_weights([np.eye(len(order), dtype=np.float32), np.zeros(len(order), np.float32)])
     return keras.Model(inputs, out)
 
 
@@ -74,7 +76,7 @@ class GraphTeacher(tf.Module):
 
     def __init__(self, pixel_max=1.0, order=(0, 1, 2)):
         super().__init__()
-        kernel = np.zeros((64, 3), np.float32)
+        kernel = np.zeros((64, len(order)), np.float32)
         for i, c in enumerate(order):
             mask = np.zeros(SHAPE, np.float32)
             mask[:, c] = 1.0 / pixel_max
@@ -105,14 +107,17 @@ def cached_probabilities(model, data) -> np.ndarray:
     return softmax(soft_targets.compute(model, data)["train"].astype(np.float64), axis=1)
 
 
+# Each writes a teacher whose output i scores the column order[i] (columns 0, 1, 2 mark p, q, r).
 FORMS = {
-    "keras, Softmax layer": lambda p: with_softmax("layer").save(p / "t.keras") or p / "t.keras",
-    "keras, softmax activation": lambda p: with_softmax("activation").save(p / "t.keras") or p / "t.keras",
-    "h5, Softmax layer": lambda p: with_softmax("layer").save(p / "t.h5") or p / "t.h5",
-    "h5, softmax activation": lambda p: with_softmax("activation").save(p / "t.h5") or p / "t.h5",
-    "SavedModel from model.export": lambda p: with_softmax("layer").export(p / "exported", verbose=False)
+    "keras, Softmax layer": lambda p, o=(0, 1, 2): with_softmax("layer", o).save(p / "t.keras") or p / "t.keras",
+    "keras, softmax activation": lambda p, o=(0, 1, 2): with_softmax("activation", o).save(p / "t.keras")
+    or p / "t.keras",
+    "h5, Softmax layer": lambda p, o=(0, 1, 2): with_softmax("layer", o).save(p / "t.h5") or p / "t.h5",
+    "h5, softmax activation": lambda p, o=(0, 1, 2): with_softmax("activation", o).save(p / "t.h5") or p / "t.h5",
+    "SavedModel from model.export": lambda p, o=(0, 1, 2): with_softmax("layer", o).export(p / "exported",
+                                                                                          verbose=False)
     or p / "exported",
-    "SavedModel from tf.Module": lambda p: save_graph(p / "graph"),
+    "SavedModel from tf.Module": lambda p, o=(0, 1, 2): save_graph(p / "graph", GraphTeacher(order=o)),
 }
 
 
@@ -123,14 +128,7 @@ def test_every_format_caches_the_teachers_own_probabilities(form, data, in_tmp):
     printed.clear()
     model, summary = import_teacher(path, data, **extra)
     assert any("outputs are probabilities" in line for line in printed), printed
-    x_train = data.xy("train")[0]
-    if path.is_dir():  # the SavedModel's own serving signature
-        own = tf.saved_model.load(str(path)).signatures["serving_default"]
-        (input_key,) = own.structured_input_signature[1]
-        outputs = own(**{input_key: tf.constant(x_train)})
-        probabilities = outputs[extra.get("output_key", next(iter(outputs)))].numpy()
-    else:
-        probabilities = keras.models.load_model(path, compile=False)(x_train).numpy()
+    probabilities = teacher_probabilities(path, data.xy("train")[0], extra.get("output_key"))
     np.testing.assert_allclose(cached_probabilities(model, data), probabilities, atol=1e-6)
     assert summary["val_accuracy"] == 1.0
 
@@ -142,6 +140,44 @@ def test_every_format_caches_the_teachers_own_probabilities(form, data, in_tmp):
     assert (in_tmp / "a.keras").read_bytes() == (in_tmp / "b.keras").read_bytes()
     loaded = artifacts.load_model(in_tmp / "a.keras", produced_by="train_teacher")
     assert np.array_equal(soft_targets.compute(loaded, data)["train"], soft_targets.compute(model, data)["train"])
+
+
+def teacher_probabilities(path, x, output_key=None) -> np.ndarray:
+    """What the teacher file itself outputs for ``x``: a SavedModel's own serving signature, or the Keras model."""
+    if path.is_dir():
+        own = tf.saved_model.load(str(path)).signatures["serving_default"]
+        (input_key,) = own.structured_input_signature[1]
+        outputs = own(**{input_key: tf.constant(x)})
+        return outputs[output_key or next(iter(outputs))].numpy()
+    return keras.models.load_model(path, compile=False)(x).numpy()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_teacher_of_more_classes_teaches_the_datas_renormalised(form, data, in_tmp):
+    """A 5-class teacher (classes s and t are not in the data) on the 3-class data: the data's
+    classes select its outputs, and its distribution is renormalised over them."""
+    path = FORMS[form](in_tmp, (3, 2, 0, 4, 1))
+    names = ["s", "r", "p", "t", "q"]
+    extra = {"output_key": "probabilities"} if form == "SavedModel from tf.Module" else {}
+    with pytest.raises(KdflowError, match="it outputs 5 scores, but the prepared data has 3 classes: name its outputs "
+                                          r"\(teacher.classes or teacher.classes_file"):
+        import_teacher(path, data, **extra)
+    (in_tmp / "names.txt").write_text("\n".join(names) + "\n")
+    for given in ({"classes": names}, {"classes_file": str(in_tmp / "names.txt")}):
+        printed.clear()
+        model, summary = import_teacher(path, data, **extra, **given)
+        assert summary["val_accuracy"] == 1.0
+        assert "train_teacher: the data's 3 classes are 3 of the teacher's 5: its distribution is renormalised " \
+               "over them" in printed
+        x_train = data.xy("train")[0]
+        kept = teacher_probabilities(path, x_train, extra.get("output_key"))[:, [2, 4, 1]]  # p, q, r
+        np.testing.assert_allclose(cached_probabilities(model, data), kept / kept.sum(axis=1, keepdims=True),
+                                   atol=1e-6)
+    artifacts.save_model(in_tmp / "wide.keras", model)  # the pipeline's teacher file loads back with safe_mode
+    loaded = artifacts.load_model(in_tmp / "wide.keras", produced_by="train_teacher")
+    assert np.array_equal(soft_targets.compute(loaded, data)["train"], soft_targets.compute(model, data)["train"])
+    with pytest.raises(KdflowError, match="teacher.classes: the data's class 'q' is not one of the teacher's 5 classes$"):
+        import_teacher(path, data, **extra, classes=["s", "r", "p", "t", "u"])
 
 
 def test_the_reference_repos_softmax_layer_teacher_gives_its_networks_logits(data, in_tmp):
@@ -177,7 +213,12 @@ def test_logits_are_kept_as_they_are_and_sigmoids_refused(data, in_tmp):
         import_teacher(in_tmp / "sigmoid.keras", data)
     with pytest.raises(KdflowError, match="teacher.outputs = probabilities, but its outputs"):
         import_teacher(in_tmp / "logits.keras", data, outputs="probabilities")
-    import_teacher(in_tmp / "sigmoid.keras", data, outputs="logits")  # the user says so
+    # the user says they are logits: in [0, 1] they make a near-uniform teacher, which is said
+    with pytest.raises(KdflowError, match="teacher val accuracy 1.00, but its outputs are near uniform"):
+        import_teacher(in_tmp / "sigmoid.keras", data, outputs="logits")
+    printed.clear()
+    import_teacher(in_tmp / "sigmoid.keras", data, outputs="logits", check=False)
+    assert "near uniform" in printed[-1] and "going on: teacher.check is false" in printed[-1]
 
 
 def test_a_byte_range_teacher_is_named_then_works(data, in_tmp):
@@ -209,7 +250,7 @@ def test_a_permuted_teacher_is_named_then_works(data, in_tmp):
                                           r'in another class order: set teacher.input_range: byte and teacher.classes: '
                                           r'\["r", "p", "q"\]'):
         import_teacher(in_tmp / "both", data, output_key="probabilities")
-    with pytest.raises(KdflowError, match="teacher.classes: 'x' is not a class of the data"):
+    with pytest.raises(KdflowError, match="teacher.classes: the data's class 'p' is not one of the teacher's 3 classes"):
         import_teacher(in_tmp / "graph", data, output_key="probabilities", classes=["q", "r", "x"])
 
 
@@ -432,3 +473,37 @@ def test_a_teacher_whose_stored_batch_norm_statistics_do_not_fit_the_images_is_n
     printed.clear()
     _, summary = import_teacher(in_tmp / "fit.keras", data)
     assert summary["val_accuracy"] == 1.0 and not [line for line in printed if "warning" in line]
+
+
+def test_an_accurate_but_flat_teacher_is_stopped_with_what_was_seen(data, in_tmp):
+    """A scale-homogeneous teacher (no biases) trained on [0, 255] pixels is as accurate on [0, 1]
+    pixels, but its outputs there are near uniform; a temperature baked into a softmax flattens them
+    under every input range."""
+    def column_sums(scale: float, softmax_temperature: float | None = None) -> keras.Model:
+        """Class c's logit: ``scale`` x (column c's sum - column c+1's sum)."""
+        inputs = keras.Input(SHAPE)
+        dense = keras.layers.Dense(3, use_bias=False, name="scores")
+        h = dense(keras.layers.Flatten()(inputs))
+        kernel = np.zeros((64, 3), np.float32)
+        for c in range(3):
+            mask = np.zeros(SHAPE, np.float32)
+            mask[:, c], mask[:, (c + 1) % 3] = scale, -scale
+            kernel[:, c] = mask.ravel()
+        dense.set_weights([kernel])
+        if softmax_temperature is not None:
+            h = keras.layers.Softmax()(keras.layers.Rescaling(1 / softmax_temperature)(h))
+        return keras.Model(inputs, h)
+
+    column_sums(0.05).save(in_tmp / "homogeneous.keras")
+    with pytest.raises(KdflowError) as info:
+        import_teacher(in_tmp / "homogeneous.keras", data)
+    assert re.fullmatch(r"teacher val accuracy 1.00, but its outputs are near uniform: mean top probability 0.[34]\d "
+                        r"with inputs in \[0, 1\] \(chance 0.33\), 1.00 with \[0, 255\] at accuracy 1.00: set "
+                        r"teacher.input_range: byte \(or teacher.check: false to go on\)", str(info.value)), info.value
+    _, summary = import_teacher(in_tmp / "homogeneous.keras", data, input_range="byte")
+    assert summary["val_accuracy"] == 1.0
+    column_sums(1.0, softmax_temperature=1e4).save(in_tmp / "hot.keras")
+    with pytest.raises(KdflowError, match=r"teacher val accuracy 1.00, but its outputs are near uniform: mean top "
+                                          r"probability 0.3\d with inputs in \[0, 1\] \(chance 0.33\): check its input "
+                                          r"range \(teacher.input_range\) and whether a temperature is baked into"):
+        import_teacher(in_tmp / "hot.keras", data)

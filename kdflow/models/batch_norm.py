@@ -110,8 +110,10 @@ def reestimate(model: keras.Model, images, batch_size: int, seed: int) -> int:
     return len(layers)
 
 
-def batch_statistics_predictions(model: keras.Model, x, batch_size: int, seed: int) -> np.ndarray:
-    """``model``'s predicted class (output argmax) for every row of ``x``, with every BN layer
+def batch_statistics_predictions(model: keras.Model, x, batch_size: int, seed: int,
+                                 columns: np.ndarray | None = None) -> np.ndarray:
+    """``model``'s predicted class (the argmax of its outputs, or of those ``columns``, read as
+    classes 0, 1, ...) for every row of ``x``, with every BN layer
     normalising by the batch's own statistics (seeded random batches of ``batch_size``, dropout
     off): what it predicts when its stored statistics are not the problem. They are left as they were."""
     predicted = np.zeros(len(x), np.int64)
@@ -120,7 +122,8 @@ def batch_statistics_predictions(model: keras.Model, x, batch_size: int, seed: i
         stored = [v.numpy() for v in moving]
         predict = tf.function(lambda images: model(images, training=True), reduce_retracing=True)
         for rows in _batches(len(x), batch_size, seed):
-            predicted[rows] = np.argmax(keras.ops.convert_to_numpy(predict(x[rows])), axis=1)
+            outputs = keras.ops.convert_to_numpy(predict(x[rows]))
+            predicted[rows] = np.argmax(outputs if columns is None else outputs[:, columns], axis=1)
         for variable, value in zip(moving, stored):
             variable.assign(value)
     return predicted

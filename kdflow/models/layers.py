@@ -20,14 +20,18 @@ _TINY = float(np.finfo(np.float32).tiny)
 
 @keras.saving.register_keras_serializable(package="kdflow")
 class TeacherOutputs(keras.layers.Layer):
-    """The teacher's outputs as logits in the data's class order: probabilities become
-    log-probabilities (logits up to a constant per row, so softmax and every KD loss are
-    unchanged), and output ``order[j]`` becomes column ``j``."""
+    """The teacher's outputs as logits of the data's classes, in the data's order: probabilities
+    become log-probabilities (logits up to a constant per row, so softmax and every KD loss are
+    unchanged), and output ``order[j]`` becomes column ``j``. A teacher with classes the data does
+    not have keeps the data's (``order`` names fewer outputs than it has), ``renormalise``d: a
+    log-softmax over the kept columns, the log of its distribution conditioned on them."""
 
-    def __init__(self, probabilities: bool = False, order: list[int] | None = None, **kwargs):
+    def __init__(self, probabilities: bool = False, order: list[int] | None = None, renormalise: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.probabilities = bool(probabilities)
         self.order = None if order is None else [int(i) for i in order]
+        self.renormalise = bool(renormalise)
 
     def call(self, outputs):
         outputs = keras.ops.cast(outputs, "float32")
@@ -35,13 +39,16 @@ class TeacherOutputs(keras.layers.Layer):
             outputs = keras.ops.log(keras.ops.maximum(outputs, _TINY))
         if self.order is not None:
             outputs = keras.ops.take(outputs, self.order, axis=-1)
+        if self.renormalise:
+            outputs = keras.ops.log_softmax(outputs, axis=-1)
         return outputs
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return input_shape if self.order is None else (*input_shape[:-1], len(self.order))
 
     def get_config(self):
-        return {**super().get_config(), "probabilities": self.probabilities, "order": self.order}
+        return {**super().get_config(), "probabilities": self.probabilities, "order": self.order,
+                "renormalise": self.renormalise}
 
 
 @keras.saving.register_keras_serializable(package="kdflow")

@@ -3,6 +3,7 @@ family, with the family's knobs), its input convention, and for the teacher wher
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import field_validator, model_validator
@@ -56,7 +57,7 @@ class StudentParams(ModelParams):
 
 
 # The keys that describe a teacher from a file, found out at import or given when the check asks.
-FILE_TEACHER_KEYS = ("outputs", "image_size", "classes", "signature", "output_key")
+FILE_TEACHER_KEYS = ("outputs", "image_size", "classes", "classes_file", "signature", "output_key")
 
 
 class TeacherParams(ModelParams):
@@ -76,8 +77,12 @@ class TeacherParams(ModelParams):
     outputs: Literal["auto", "logits", "probabilities"] = "auto"
     # [height, width] the teacher takes: the images are resized to it (bilinear) for the teacher only.
     image_size: Optional[list[int]] = None
-    # The teacher's class names in its output order (when it differs from the data's).
+    # The teacher's class names in its output order (when it differs from the data's, or it has
+    # classes the data does not: the data's classes select their outputs). Or classes_file: a text
+    # file of the names, one a line (as ImageNet's class lists come), a DVC dependency of
+    # train_teacher (the default is the placeholder folder, as for path).
     classes: Optional[list[Union[str, int]]] = None
+    classes_file: str = INPUTS_DIR
     # A SavedModel's signature and output (needed only when it has several).
     signature: Optional[str] = None
     output_key: Optional[str] = None
@@ -97,9 +102,32 @@ class TeacherParams(ModelParams):
             raise ValueError(f"image_size {self.image_size}: give [height, width], both positive")
         if self.classes is not None and len({str(c) for c in self.classes}) != len(self.classes):
             raise ValueError(f"classes {self.classes}: every name must appear once")
+        if self.classes is not None and self.classes_file.rstrip("/") != INPUTS_DIR:
+            raise ValueError("classes and classes_file: give the teacher's class names once")
         return self
 
     @property
     def class_order(self) -> Optional[list[str]]:
-        """teacher.classes as text (YAML reads digit names as numbers), or None."""
-        return None if self.classes is None else [str(c) for c in self.classes]
+        """The teacher's class names in its output order as text (YAML reads digit names as
+        numbers): teacher.classes, or the lines of teacher.classes_file; None if neither is given."""
+        if self.classes is not None:
+            return [str(c) for c in self.classes]
+        if self.classes_file.rstrip("/") == INPUTS_DIR:
+            return None
+        return read_class_names(self.classes_file)
+
+
+def read_class_names(path: str) -> list[str]:
+    """The class names in a text file, one a line (surrounding blanks and empty lines ignored)."""
+    from kdflow.core import KdflowError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KdflowError(f"teacher.classes_file = {path}: cannot read it as text ({exc.__class__.__name__})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if not names or repeated:
+        raise KdflowError(f"teacher.classes_file = {path}: " + (f"{repeated[0]!r} appears more than once"
+                                                              if repeated else "holds no names"))
+    return names

@@ -70,13 +70,14 @@ def near_chance(num_classes: int) -> float:
     return min(2 / num_classes, (1 + 1 / num_classes) / 2)
 
 
-def assess(ranges: list, predicted: list[np.ndarray], labels: np.ndarray, to_data: np.ndarray,
-           class_names: list[str], describe, as_param, ordered_by_param: bool) -> tuple[str, str | None]:
-    """(the accuracy line, the problem or None) for a teacher whose output argmax on the
-    validation images under each input range of ``ranges`` (the configured one first) is
-    ``predicted`` (teacher output indices), read as data classes by ``to_data``."""
+def assess(ranges: list, predicted: list[np.ndarray], labels: np.ndarray, class_names: list[str], describe,
+           as_param, classes_for, ordered_by_param: bool) -> tuple[str, str | None]:
+    """(the accuracy line, the problem or None) for a teacher that reads the validation images as
+    the data classes ``predicted`` under each input range of ``ranges`` (the configured one first).
+    ``classes_for(mapping)`` is the teacher.classes value that reads the class it gives as j as
+    class ``mapping[j]`` instead."""
     tried = range(len(ranges))
-    correct = [to_data[p] == labels for p in predicted]
+    correct = [p == labels for p in predicted]
     accuracy = [float(c.mean()) for c in correct]
     mappings = [best_mapping(p, labels, len(class_names)) for p in predicted]
     remapped = [m[p] == labels for m, p in zip(mappings, predicted)]
@@ -85,10 +86,10 @@ def assess(ranges: list, predicted: list[np.ndarray], labels: np.ndarray, to_dat
         line += " (also tried: " + ", ".join(f"{describe(ranges[i])} {accuracy[i]:.4f}" for i in tried[1:]) + ")"
 
     def classes_value(mapping: np.ndarray) -> str:
-        return json.dumps([class_names[c] for c in mapping])
+        return json.dumps(classes_for(mapping))
 
     def reorders(i: int) -> bool:
-        return not np.array_equal(mappings[i], to_data) and clearly_better(correct[i], remapped[i])
+        return not np.array_equal(mappings[i], np.arange(len(class_names))) and clearly_better(correct[i], remapped[i])
 
     here = f"teacher val accuracy {accuracy[0]:.2f}"
     best = max(tried, key=lambda i: remapped[i].mean())  # the class order cannot hide a better range
@@ -109,3 +110,27 @@ def assess(ranges: list, predicted: list[np.ndarray], labels: np.ndarray, to_dat
                       f"its input range (teacher.input_range, now {describe(ranges[0])}), its class order "
                       "(teacher.classes) and the labels it was trained on")
     return line, None
+
+
+def flat(ranges: list, confidence: list[float], accuracy: list[float], num_classes: int, describe,
+         as_param) -> str | None:
+    """The problem with a teacher that is accurate but whose outputs are near uniform, or None.
+    ``confidence``: its mean top probability on the validation images under each input range
+    (the configured one first), ``accuracy``: its accuracy there. A teacher's mean top
+    probability is near its accuracy when calibrated; below half way from chance to its accuracy
+    its soft targets say little (a scale-homogeneous net fed 255x smaller pixels is as accurate,
+    but flat), and the students distil near-uniform targets."""
+    def is_flat(i: int) -> bool:
+        return confidence[i] < (1 / num_classes + accuracy[i]) / 2
+
+    if accuracy[0] < near_chance(num_classes) or not is_flat(0):
+        return None
+    seen = (f"teacher val accuracy {accuracy[0]:.2f}, but its outputs are near uniform: mean top probability "
+            f"{confidence[0]:.2f} with inputs in {describe(ranges[0])} (chance {1 / num_classes:.2f})")
+    fixes = [i for i in range(1, len(ranges)) if not is_flat(i) and accuracy[i] >= accuracy[0] - MIN_GAIN]
+    if fixes:
+        best = max(fixes, key=lambda i: confidence[i])
+        return (f"{seen}, {confidence[best]:.2f} with {describe(ranges[best])} at accuracy {accuracy[best]:.2f}: "
+                f"set teacher.input_range: {as_param(ranges[best])}")
+    return (f"{seen}: check its input range (teacher.input_range) and whether a temperature is baked into its "
+            "outputs (a softmax of logits / T: export the logits instead)")

@@ -24,43 +24,68 @@ def import_file(teacher: TeacherParams, seed: int, data: Prepared, log=print) ->
     deterministic(seed)
     loaded = formats.load(teacher)
     where = f"teacher.path = {teacher.path}"
-    _check_shapes(loaded, teacher, data, where)
-    to_data = _class_order(teacher, loaded.width, data)
+    names = teacher.class_order
+    _check_shapes(loaded, teacher, data, where, names is not None)
+    select = _selection(names, loaded.width, data)
+    if len(select) < loaded.width:
+        log(f"train_teacher: the data's {len(select)} classes are {len(select)} of the teacher's {loaded.width}: "
+            "its distribution is renormalised over them")
     x, y = data.xy("val")
     tried = input_range.candidates(teacher.input_range, data.input_shape[-1])
     raw = [predict_logits(_behind(loaded.net, data, r, teacher.image_size), x) for r in tried]
     probabilities, found = import_check.output_kind(raw[0], teacher.outputs, where)
     log(f"train_teacher: {where} ({loaded.kind}): {found}")
-    _check_batch_norm(_behind(loaded.net, data, tried[0], teacher.image_size), raw[0], to_data, x, y, seed, log)
+    _check_batch_norm(_behind(loaded.net, data, tried[0], teacher.image_size), raw[0][:, select], select, x, y,
+                      seed, log)
+
+    def classes_for(mapping: np.ndarray) -> list[str]:  # the teacher.classes that reads output select[j] as mapping[j]
+        given = list(names) if names is not None else list(data.class_names)
+        for j, output in enumerate(select):
+            given[output] = data.class_names[mapping[j]]
+        return given
+
+    kept = [_log_distribution(outputs[:, select], probabilities) for outputs in raw]  # renormalised over the kept
     line, problem = import_check.assess(
-        tried, [outputs.argmax(axis=1) for outputs in raw], y, to_data, data.class_names,
-        input_range.describe, input_range.as_param, teacher.classes is not None)
+        tried, [outputs.argmax(axis=1) for outputs in kept], y, data.class_names,
+        input_range.describe, input_range.as_param, classes_for, names is not None)
+    if problem is None:
+        problem = import_check.flat(tried, [float(np.exp(k.max(axis=1)).mean()) for k in kept],
+                                    [float(np.mean(k.argmax(axis=1) == y)) for k in kept], len(select),
+                                    input_range.describe, input_range.as_param)
     log(f"train_teacher: {line}")
     if problem is not None:
         if teacher.check:
             raise KdflowError(f"{problem} (or teacher.check: false to go on)")
         log(f"train_teacher: warning: {problem} (going on: teacher.check is false)")
-    order = None if np.array_equal(to_data, np.arange(len(to_data))) else [int(i) for i in np.argsort(to_data)]
+    order = None if np.array_equal(select, np.arange(loaded.width)) else [int(i) for i in select]
+    head = TeacherOutputs(probabilities, order, renormalise=len(select) < loaded.width, name="teacher_logits")
     model = _behind(loaded.net, data, teacher.input_range, teacher.image_size,
-                    TeacherOutputs(probabilities, order, name="teacher_logits") if probabilities or order else None)
+                    head if probabilities or order else None)
     logits = predict_logits(model, x)
     return model, {"epochs_run": 0, "val_accuracy": round(float(np.mean(logits.argmax(axis=1) == y)), 6),
                    "val_hard_ce": round(float(-log_softmax(logits, axis=1)[np.arange(len(y)), y].mean()), 6)}
 
 
-def _check_batch_norm(net, outputs: np.ndarray, to_data: np.ndarray, x, y: np.ndarray, seed: int, log) -> None:
+def _log_distribution(outputs: np.ndarray, probabilities: bool) -> np.ndarray:
+    """The teacher's log-probabilities from its outputs (logits or probabilities), as TeacherOutputs gives them."""
+    logs = np.log(np.maximum(outputs, np.finfo(np.float32).tiny)) if probabilities else outputs
+    return log_softmax(logs, axis=1)
+
+
+def _check_batch_norm(net, kept: np.ndarray, select: np.ndarray, x, y: np.ndarray, seed: int, log) -> None:
     """The warning for a teacher whose stored batch-norm statistics do not fit these images (frozen
-    statistics of other data: kdflow does not retrain an imported teacher), before any stop."""
+    statistics of other data: kdflow does not retrain an imported teacher), before any stop.
+    ``kept``: its inference-mode outputs of the data's classes (``select``)."""
     if not batch_norm.batch_norm_layers(net):
         return
-    batch = to_data[batch_norm.batch_statistics_predictions(net, x, INFERENCE_BATCH_SIZE, seed)]
-    warning = batch_norm.disagreement("teacher", float(np.mean(to_data[outputs.argmax(axis=1)] == y)),
+    batch = batch_norm.batch_statistics_predictions(net, x, INFERENCE_BATCH_SIZE, seed, select)
+    warning = batch_norm.disagreement("teacher", float(np.mean(kept.argmax(axis=1) == y)),
                                       float(np.mean(batch == y)), len(y))
     if warning is not None:
         log(f"train_teacher: {warning}")
 
 
-def _check_shapes(loaded: formats.Loaded, teacher: TeacherParams, data: Prepared, where: str) -> None:
+def _check_shapes(loaded: formats.Loaded, teacher: TeacherParams, data: Prepared, where: str, named: bool) -> None:
     height, width, channels = data.input_shape
     if len(loaded.input_shape) != 3:
         raise KdflowError(f"{where}: it takes inputs of shape {loaded.input_shape}; a teacher takes images "
@@ -76,22 +101,26 @@ def _check_shapes(loaded: formats.Loaded, teacher: TeacherParams, data: Prepared
         raise KdflowError(f"{where}: its input size {shown} does not match the prepared data's {height}x{width}: "
                           f"set teacher.image_size: [{loaded.input_shape[0]}, {loaded.input_shape[1]}] to resize the "
                           "images for the teacher (or data.image_size to prepare them at its size)")
-    if loaded.width != data.num_classes:
+    if loaded.width != data.num_classes and not named:
         raise KdflowError(f"{where}: it outputs {loaded.width} scores, but the prepared data has "
-                          f"{data.num_classes} classes")
+                          f"{data.num_classes} classes" + (
+                              f": name its outputs (teacher.classes or teacher.classes_file: its {loaded.width} class "
+                              "names in output order) and the data's classes select theirs"
+                              if loaded.width > data.num_classes else ""))
 
 
-def _class_order(teacher: TeacherParams, width: int, data: Prepared) -> np.ndarray:
-    """Teacher output i -> the data's class index (identity unless teacher.classes says otherwise)."""
-    names, given = data.class_names, teacher.class_order
-    if given is None:
+def _selection(names: list[str] | None, width: int, data: Prepared) -> np.ndarray:
+    """The teacher output of each data class, in the data's order (the identity unless
+    teacher.classes or classes_file says otherwise)."""
+    if names is None:
         return np.arange(width)
-    if len(given) != width:
-        raise KdflowError(f"teacher.classes lists {len(given)} names, but the teacher outputs {width} scores")
-    unknown = [name for name in given if name not in names]
-    if unknown:
-        raise KdflowError(f"teacher.classes: {unknown[0]!r} is not a class of the data ({', '.join(names)})")
-    return np.array([names.index(name) for name in given])
+    if len(names) != width:
+        raise KdflowError(f"teacher.classes lists {len(names)} names, but the teacher outputs {width} scores")
+    missing = [name for name in data.class_names if name not in names]
+    if missing:
+        raise KdflowError(f"teacher.classes: the data's class {missing[0]!r} is not one of the teacher's {width} "
+                          f"classes" + (f" ({len(missing)} are not: {', '.join(missing)})" if len(missing) > 1 else ""))
+    return np.array([names.index(name) for name in data.class_names])
 
 
 def _behind(net, data: Prepared, convention, image_size, head=None) -> keras.Model:
