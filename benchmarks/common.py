@@ -195,6 +195,17 @@ def epoch_seconds(stage_output: str) -> float | None:
     return round(statistics.median(times[1:] if len(times) > 1 else times), 3) if times else None
 
 
+# The stages' batch-norm line ends with the step's seconds (kdflow.models.batch_norm.settled_line).
+BATCH_NORM_LINE = re.compile(r"batch-norm statistics of \d+ layers re-estimated .* \(([0-9.]+) s\)$", re.MULTILINE)
+
+
+def batch_norm_seconds(stage_output: str) -> float | None:
+    """The seconds a training stage spent re-estimating its models' batch-norm statistics (all
+    repeats), from its log; None for a model without batch norm."""
+    found = BATCH_NORM_LINE.findall(stage_output)
+    return float(found[-1]) if found else None
+
+
 def prepared_data_mib(repo: Path) -> float:
     """Size of the prepared data (all splits) as the float32 images and int64 labels a stage
     reads, in MiB (on disk 8-bit images take a quarter of it)."""

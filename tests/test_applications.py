@@ -195,45 +195,84 @@ def test_an_efficientnetv2_student_exports_to_savedmodel_and_tflite_float32_and_
     assert metrics["int8_accuracy_drop"] == round(metrics["keras"]["accuracy"] - metrics["tflite_int8"]["accuracy"], 6)
 
 
-@pytest.mark.apps
-@pytest.mark.e2e
-def test_a_mobilenet_student_of_an_efficientnet_teacher_on_an_image_folder_through_dvc_repro(tmp_path):
-    """keras.applications teacher and student, crop views, the export run by LiteRT: `dvc repro`."""
-    import yaml
+def shape_photos(folder, per_class: int, size: int, seed: int = 0) -> None:
+    """An RGB image folder of three shape classes (a square, a horizontal bar, a vertical bar), each
+    in a random colour at a random place on a noisy background: PNGs in class sub-folders."""
     from PIL import Image
 
+    rng = np.random.default_rng(seed)
+    shapes = {"square": (size // 3, size // 3), "bar": (size // 6, size // 2), "pillar": (size // 2, size // 6)}
+    for name, (height, width) in shapes.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 70, size=(size, size, 3), dtype=np.uint8)
+            r, c = rng.integers(0, size - height), rng.integers(0, size - width)
+            image[r:r + height, c:c + width] = rng.integers(120, 256, size=3)
+            Image.fromarray(image).save(folder / name / f"{i}.png")
+
+
+@pytest.mark.apps
+@pytest.mark.e2e
+def test_a_mobilenet_student_of_an_efficientnet_teacher_on_an_image_folder_through_dvc_repro(tmp_path, monkeypatch):
+    """keras.applications teacher and student trained from scratch on 48-px photos, crop views, the
+    export run by LiteRT, through `dvc repro`: every model learned, in inference mode (their
+    batch-norm statistics are re-estimated after training), and the int8 model keeps the accuracy."""
+    import yaml
+
     from conftest import make_repo, sh
+    from kdflow.core.prepared import load_prepared
+    from kdflow.models import batch_norm
+    from kdflow.models.logits import predict_logits
 
     repo = tmp_path / "repo"
-    rng = np.random.default_rng(0)
-    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-    for name, colour in colours.items():
-        (repo / "inputs/photos" / name).mkdir(parents=True)
-        for i in range(10):
-            image = rng.integers(0, 60, size=(40, 40, 3), dtype=np.uint8)
-            r, c = rng.integers(0, 20, size=2)
-            image[r:r + 20, c:c + 20] = colour
-            Image.fromarray(image).save(repo / "inputs/photos" / name / f"{i}.png")
-    make_repo(repo, commit=False, repeats=1,
-              data={"name": "image_dir", "path": "inputs/photos", "image_size": [32, 32], "val_fraction": 0.2,
-                    "test_fraction": 0.2},
+    shape_photos(repo / "inputs/photos", per_class=80, size=48)
+    tiny = {"batch_size": 32, "learning_rate": 0.002, "lr_floor": 0.1, "amsgrad": False, "patience": None}
+    make_repo(repo, commit=False, repeats=2,
+              data={"name": "image_dir", "path": "inputs/photos", "image_size": [48, 48], "val_fraction": 0.2,
+                    "test_fraction": 0.25},
               teacher={"arch": "EfficientNetV2B0", "dropout": 0.1},
               student={"arch": "MobileNetV3Small", "width": 0.5},
-              train_teacher={"augment": {"shift": 0.0, "flip": True, "crop_scale": [0.5, 1.0]}},
-              views={"count": 2, "kind": "crop", "scale": [0.5, 1.0], "flip": True},
-              export={"calibration_samples": 8})
+              train_teacher={**tiny, "epochs": 12, "augment": {"shift": 0.0, "flip": True, "crop_scale": [0.6, 1.0]}},
+              train_student={**tiny, "epochs": 12},
+              views={"count": 2, "kind": "crop", "scale": [0.6, 1.0], "flip": True},
+              export={"calibration_samples": 64})
     params = yaml.safe_load((repo / "params.yaml").read_text())
     del params["teacher"]["spec"]  # the tiny projects' teacher section, not this one's
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "photos"], repo)
-    sh(["dvc", "repro"], repo)
-    exported = json.loads((repo / "metrics/export.json").read_text())
-    for form in ("keras", "tflite_float32", "tflite_int8"):
-        assert 0 <= exported[form]["accuracy"] <= 1 and exported[form]["size_bytes"] > 0
-    # the float TFLite model is the Keras student; int8 is full-integer and smaller
+    output = sh(["dvc", "repro"], repo).stdout
+    for line in output.splitlines():
+        if "batch-norm statistics" in line or "warning" in line:
+            print(line)
+    assert "warning" not in output
+    metrics = {stage: json.loads((repo / f"metrics/{stage}.json").read_text())
+               for stage in ("train_teacher", "distill", "train_scratch", "export", "evaluate")}
+    print(json.dumps({stage: metrics[stage] for stage in ("train_teacher", "export")}, indent=1))
+    print(json.dumps({role: {k: v for k, v in result.items() if "accuracy" in k}
+                      for role, result in metrics["evaluate"].items() if isinstance(result, dict)}, indent=1))
+    chance = 1 / 3
+    # the teacher and every student learned, in inference mode: re-estimated statistics, not the moving averages
+    teacher_bn = metrics["train_teacher"]["batch_norm"]
+    assert teacher_bn["val_accuracy_after"] > chance + 0.4
+    for stage in ("distill", "train_scratch"):
+        for repeat in ("repeat_0", "repeat_1"):
+            entry = metrics[stage][repeat]["batch_norm"]
+            assert entry["val_accuracy_after"] > chance + 0.3, (stage, repeat, entry)
+    # on test, in inference mode, the shipped student scores what it scores with batch statistics
+    monkeypatch.chdir(repo)
+    x_test, y_test = load_prepared(("test",)).xy("test")
+    student = artifacts.load_model("models/student_distilled.keras", produced_by="distill")
+    inference = float(np.mean(predict_logits(student, x_test).argmax(axis=1) == y_test))
+    batch = float(np.mean(batch_norm.batch_statistics_predictions(student, x_test, 32, 0) == y_test))
+    print(f"student_distilled repeat 0 on test: {inference:.3f} in inference mode, {batch:.3f} with batch statistics")
+    assert inference > chance + 0.3 and abs(inference - batch) <= 0.05
+    exported = metrics["export"]
+    assert exported["keras"]["accuracy"] > chance + 0.3
+    # the float TFLite model is the Keras student; int8 is full-integer, smaller, and keeps the accuracy
     assert exported["tflite_float32"]["accuracy"] == exported["keras"]["accuracy"]
     assert exported["tflite_int8"]["size_bytes"] < exported["tflite_float32"]["size_bytes"]
+    assert abs(exported["int8_accuracy_drop"]) <= 0.01
     shipped = keras.models.load_model(repo / "export/student.keras", safe_mode=True)
     assert shipped.get_layer("student_distilled").get_layer("MobileNetV3Small").count_params() > 0
     assert sh(["dvc", "status"], repo).stdout.strip() == "Data and pipelines are up to date."

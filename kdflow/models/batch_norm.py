@@ -165,10 +165,10 @@ def settle(model: keras.Model, summary: dict, data: Prepared, schedule: TrainPar
     return {**summary, "val_accuracy": entry["val_accuracy_after"], "batch_norm": entry}
 
 
-def settled_line(who: str, summaries: list[dict], train_images: int) -> str | None:
+def settled_line(who: str, summaries: list[dict], train_images: int, seconds: float) -> str | None:
     """The stage's one line on the ``batch_norm`` entries of ``summaries`` (settle's, one per
-    model): re-estimated or kept, and the mean inference-mode validation accuracy before and after;
-    None without a BN layer."""
+    model, which took ``seconds`` in all): re-estimated or kept, and the mean inference-mode
+    validation accuracy before and after; None without a BN layer."""
     entries = [summary["batch_norm"] for summary in summaries if "batch_norm" in summary]
     if not entries:
         return None
@@ -178,4 +178,4 @@ def settled_line(who: str, summaries: list[dict], train_images: int) -> str | No
     if "layers" not in entries[0]:
         return f"{who}: batch-norm statistics kept (recompute_bn: false): {mean}val accuracy {before:.4f}"
     return (f"{who}: batch-norm statistics of {entries[0]['layers']} layers re-estimated over {train_images} "
-            f"training images: {mean}val accuracy (inference mode) {before:.4f} -> {after:.4f}")
+            f"training images: {mean}val accuracy (inference mode) {before:.4f} -> {after:.4f} ({seconds:.1f} s)")

@@ -6,6 +6,7 @@ students or the distillation methods read, so editing those never retrains the t
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import keras
@@ -49,8 +50,9 @@ def train(teacher: TeacherParams, schedule: TeacherTrainParams, seed: int, data:
             data, seed, loggers=loggers, checkpoint=run_dir / "teacher.npz" if run_dir is not None else None,
             views=crops if crops is None else crops.after(schedule.freeze_epochs))
     model = plain_copy(model)
+    start = time.perf_counter()
     summary = batch_norm.settle(model, summary, data, schedule, seed, "teacher")
-    line = batch_norm.settled_line("train_teacher", [summary], train_images)
+    line = batch_norm.settled_line("train_teacher", [summary], train_images, time.perf_counter() - start)
     if line is not None:
         print(line, flush=True)
     if head_summary is not None:

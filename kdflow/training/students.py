@@ -12,6 +12,7 @@ objective and the targets: this module knows nothing of distillation methods or 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -56,7 +57,7 @@ def train(students: Students, data: Prepared, objective: Callable[[], Objective]
     # weights (the same as building anew under its seed), so its training steps are traced once
     # per stage, not once per repeat (time, and memory that clear_session does not give back).
     student = trainer = None
-    settled = []
+    settled, settling = [], 0.0  # the batch-norm step's summaries and seconds (printed, never in outputs)
     for repeat in range(students.repeats):
         repeat_seed = students.seed + repeat
         deterministic(repeat_seed)
@@ -75,11 +76,13 @@ def train(students: Students, data: Prepared, objective: Callable[[], Objective]
             summary = trainer.fit_prepared(data, repeat_seed, targets, callbacks=goal.callbacks(), loggers=loggers,
                                            checkpoint=checkpoint, views=views)
         trained = plain_copy(student)
+        start = time.perf_counter()
         summary = batch_norm.settle(trained, summary, data, students.schedule, repeat_seed,
                                     f"{students.role} repeat {repeat + 1}/{students.repeats}")
+        settling += time.perf_counter() - start
         settled.append(summary)
         yield trained, summary
-    line = batch_norm.settled_line(students.role, settled, len(data.xy("train")[1]))
+    line = batch_norm.settled_line(students.role, settled, len(data.xy("train")[1]), settling)
     if line is not None:
         print(line, flush=True)
 
