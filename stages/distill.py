@@ -33,7 +33,7 @@ def main() -> None:
     data = load_prepared(("train", "val"))
     cache.check_data(data)
     from kdflow.core.io import atomic_dir, write_json
-    from kdflow.core.paths import PREPARED_DIR, SOFT_TARGETS_DIR, live_dir, metrics_file, model_file
+    from kdflow.core.paths import PREPARED_DIR, SOFT_TARGETS_DIR, live_dir, metrics_file, model_file, tensorboard_dir
     from kdflow.distill import methods, objective
     from kdflow.models.files import load_role, save_students
     from kdflow.training import resume, students
@@ -60,7 +60,8 @@ def main() -> None:
                 students.Students(params.student, params.train_student, params.repeats, params.seed,
                                   "student_distilled"), data,
                 objective=lambda: objective.objective(method, params.alpha, shapes, teacher if online else None),
-                targets=targets, views=views, log_dir=log_dir, run_dir=run_dir)
+                targets=targets, views=views, log_dir=log_dir, run_dir=run_dir,
+                tensorboard_dir=tensorboard_dir("distill") if params.runtime.tensorboard else None)
             summary = save_students("student_distilled", trained)
         write_json(metrics_file("distill"), summary)
     print(f"distill ({params.distill.method}): mean val_accuracy={summary['val_accuracy_mean']:.4f} "

@@ -24,7 +24,7 @@ def main() -> None:
     strategy.setup(params.runtime)
     data = load_prepared(("train", "val"))
     from kdflow.core.io import atomic_dir, write_json
-    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file
+    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file, tensorboard_dir
     from kdflow.models.files import save_students
     from kdflow.training import resume, students
 
@@ -33,7 +33,8 @@ def main() -> None:
         with atomic_dir(live_dir("train_plain")) as log_dir:
             trained = students.train(
                 students.Students(params.student, params.train_student, params.repeats, params.seed, "student_plain"),
-                data, log_dir=log_dir, run_dir=run_dir)
+                data, log_dir=log_dir, run_dir=run_dir,
+                tensorboard_dir=tensorboard_dir("train_plain") if params.runtime.tensorboard else None)
             summary = save_students("student_plain", trained)
         write_json(metrics_file("train_plain"), summary)
     print(f"train_plain: mean val_accuracy={summary['val_accuracy_mean']:.4f} "

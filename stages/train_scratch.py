@@ -26,7 +26,7 @@ def main() -> None:
     strategy.setup(params.runtime)
     data = load_prepared(("train", "val"))
     from kdflow.core.io import atomic_dir, write_json
-    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file
+    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file, tensorboard_dir
     from kdflow.models.files import save_students
     from kdflow.training import resume, students
     from kdflow.views.table import for_training
@@ -38,7 +38,8 @@ def main() -> None:
         with atomic_dir(live_dir("train_scratch")) as log_dir:
             trained = students.train(
                 students.Students(params.student, params.train_student, params.repeats, params.seed, "student_scratch"),
-                data, views=views, log_dir=log_dir, run_dir=run_dir)
+                data, views=views, log_dir=log_dir, run_dir=run_dir,
+                tensorboard_dir=tensorboard_dir("train_scratch") if params.runtime.tensorboard else None)
             summary = save_students("student_scratch", trained)
         write_json(metrics_file("train_scratch"), summary)
     print(f"train_scratch: mean val_accuracy={summary['val_accuracy_mean']:.4f} "

@@ -24,7 +24,7 @@ def main() -> None:
     strategy.setup(params.runtime)
     data = load_prepared(("train", "val"))
     from kdflow.core.io import atomic_dir, write_json
-    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file, model_file
+    from kdflow.core.paths import PREPARED_DIR, live_dir, metrics_file, model_file, tensorboard_dir
     from kdflow.models.files import save_model
     from kdflow.teacher import imported, train
     from kdflow.training import resume
@@ -37,7 +37,9 @@ def main() -> None:
         trains_on = [params.seed, params.teacher, params.train_teacher, params.runtime]
         with resume.run_dir("train_teacher", trains_on, [PREPARED_DIR]) as run_dir:
             with atomic_dir(live_dir("train_teacher")) as log_dir:
-                model, summary = train.train(params.teacher, params.train_teacher, params.seed, data, log_dir, run_dir)
+                model, summary = train.train(
+                    params.teacher, params.train_teacher, params.seed, data, log_dir, run_dir,
+                    tensorboard_dir("train_teacher") if params.runtime.tensorboard else None)
                 save_model(model_file("teacher"), model)
     write_json(metrics_file("train_teacher"), summary)
     print(f"train_teacher: val_accuracy={summary['val_accuracy']:.4f} -> {model_file('teacher')}")

@@ -195,19 +195,21 @@ def test_an_efficientnetv2_student_exports_to_savedmodel_and_tflite_float32_and_
     assert metrics["int8_accuracy_drop"] == round(metrics["keras"]["accuracy"] - metrics["tflite_int8"]["accuracy"], 6)
 
 
-def shape_photos(folder, per_class: int, size: int, seed: int = 0) -> None:
-    """An RGB image folder of three shape classes (a square, a horizontal bar, a vertical bar), each
-    in a random colour at a random place on a noisy background: PNGs in class sub-folders."""
+def colour_photos(folder, per_class: int, size: int, seed: int = 0) -> None:
+    """An RGB image folder of three classes: a red, a green or a blue square of random size at a
+    random place on a noisy background, as PNGs in class sub-folders."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    shapes = {"square": (size // 3, size // 3), "bar": (size // 6, size // 2), "pillar": (size // 2, size // 6)}
-    for name, (height, width) in shapes.items():
+    for name, channel in (("red", 0), ("green", 1), ("blue", 2)):
         (folder / name).mkdir(parents=True)
         for i in range(per_class):
-            image = rng.integers(0, 70, size=(size, size, 3), dtype=np.uint8)
-            r, c = rng.integers(0, size - height), rng.integers(0, size - width)
-            image[r:r + height, c:c + width] = rng.integers(120, 256, size=3)
+            image = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+            side = rng.integers(size // 4, size // 2)
+            r, c = rng.integers(0, size - side, size=2)
+            colour = rng.integers(20, 90, size=3)
+            colour[channel] = rng.integers(170, 256)
+            image[r:r + side, c:c + side] = colour
             Image.fromarray(image).save(folder / name / f"{i}.png")
 
 
@@ -225,7 +227,7 @@ def test_a_mobilenet_student_of_an_efficientnet_teacher_on_an_image_folder_throu
     from kdflow.models.logits import predict_logits
 
     repo = tmp_path / "repo"
-    shape_photos(repo / "inputs/photos", per_class=80, size=48)
+    colour_photos(repo / "inputs/photos", per_class=80, size=48)
     tiny = {"batch_size": 32, "learning_rate": 0.002, "lr_floor": 0.1, "amsgrad": False, "patience": None}
     make_repo(repo, commit=False, repeats=2,
               data={"name": "image_dir", "path": "inputs/photos", "image_size": [48, 48], "val_fraction": 0.2,

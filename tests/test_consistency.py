@@ -333,7 +333,17 @@ def stage_reads(source: str) -> tuple[set[str], list[str]]:
 
 
 def covered(key: str, listed: list[str]) -> bool:
-    return any(key == p or key.startswith(f"{p}.") for p in listed)
+    """Whether dvc.yaml's ``listed`` params cover the read of ``key``: a section read whole is
+    covered by its keys, all but those that change no output (RuntimeParams.OUTPUT_FREE)."""
+    if any(key == p or key.startswith(f"{p}.") for p in listed):
+        return True
+    head, _, name = key.partition(".")
+    if name and name in getattr(getattr(Schema.model_fields.get(head), "annotation", None), "OUTPUT_FREE", ()):
+        return True
+    section = Schema.model_fields.get(key)
+    fields = getattr(section.annotation, "model_fields", None) if section else None
+    output_free = getattr(section.annotation, "OUTPUT_FREE", ()) if section else ()
+    return bool(output_free) and all(covered(f"{key}.{name}", listed) for name in fields if name not in output_free)
 
 
 def param_problems(dvc_yaml: dict, reads: dict[str, set[str]]) -> list[str]:
@@ -356,6 +366,10 @@ def test_dvc_yaml_params_are_what_each_stage_script_reads():
     assert reads["soft_targets"] == {"seed", "teacher.safe_mode", "views.teacher", "views", "views.top_k",
                                      "views.cache_dtype"}
     assert param_problems(DVC_YAML, reads) == []
+    # runtime.tensorboard changes no output: no stage lists it, so turning it on reruns nothing
+    assert "runtime" in reads["distill"] and not any(
+        str(p).startswith(("runtime.tensorboard", "runtime ")) or str(p) == "runtime"
+        for spec in DVC_YAML["stages"].values() for p in spec.get("params", []))
 
     stale = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     stale["stages"]["distill"]["params"].remove("temperature")

@@ -138,3 +138,35 @@ def test_interrupted_training_leaves_no_output(pipeline_repo, tmp_path, stage, o
     leftovers = [p.name for folder in ("models", "dvclive") if (project / folder).exists()
                  for p in (project / folder).glob(".*.tmp")]
     assert leftovers == []
+
+
+def run_limited(stage, cwd, blocks):
+    """``stage`` as a user runs it, under a file-size limit of ``blocks`` KiB (`ulimit -f`): every
+    write past it fails as on a full disk."""
+    return subprocess.run(["bash", "-c", f"ulimit -f {blocks}; exec {sys.executable} -m stages.{stage}"], cwd=cwd,
+                          env=stage_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_a_full_disk_is_named_as_one(pipeline_repo, tmp_path):
+    """A write that fails for lack of room is one line naming what failed, whichever writer hit it:
+    kdflow's own output, or DVC's state database, which dvclive opens (SQLite's "disk I/O error")."""
+    (tmp_path / "fresh").mkdir()
+    write_params(tmp_path / "fresh", minimal_params())
+    result = run_limited("prepare", tmp_path / "fresh", 256)
+    assert_clean_failure(result)
+    assert result.stderr.strip() == (
+        "kdflow prepare: error: a file-size limit was hit (File too large) writing data/prepared/train/x-00000.npy; "
+        "free space or raise the limit, then rerun: this stage wrote no outputs, and nothing you had is lost")
+    assert list((tmp_path / "fresh/data").iterdir()) == []
+
+    project = copy_repo(pipeline_repo, tmp_path)
+    outputs = ["models/student_distilled.keras", "models/student_distilled_repeats", "dvclive/distill"]
+    for out in outputs:
+        path = project / out
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    result = run_limited("distill", project, 16)
+    assert_clean_failure(result, "kdflow distill: error: the disk is full or a file-size limit was hit (SQLite: "
+                                 "disk I/O error) writing DVC's state database in ", "(opened by dvclive) while "
+                                 "writing models/student_distilled_repeats; free space or raise the limit")
+    assert not [out for out in outputs if (project / out).exists()]
+    assert [p.name for folder in ("models", "dvclive") for p in (project / folder).glob(".*.tmp")] == []

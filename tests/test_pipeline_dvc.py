@@ -107,6 +107,14 @@ def test_a_code_change_leaves_up_to_date_every_stage_it_cannot_affect(pipeline_r
     assert json.loads(sh(["dvc", "status", "--json"], repo).stdout) == {}
 
 
+def test_turning_tensorboard_on_reruns_nothing(pipeline_repo, tmp_path):
+    repo = copy_repo(pipeline_repo, tmp_path)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["runtime"]["tensorboard"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert json.loads(sh(["dvc", "status", "--json"], repo).stdout) == {}
+
+
 def test_a_changed_weights_file_reruns_the_stages_it_feeds(pipeline_repo, tmp_path):
     """teacher.weights_file and student.weights_file are DVC deps (dvc commit records them as a run
     would: the tiny project's archs take no weights, and no stage needs to run for DVC to tell)."""

@@ -203,3 +203,36 @@ def test_training_images_are_copied_to_tensorflow_once_per_array():
     for a, b in zip(first, batches(other), strict=True):
         np.testing.assert_array_equal(a + 1.0, b)
     assert tensors(other) is not copy
+
+
+def test_tensorboard_logs_carry_the_scalars_and_histograms_of_every_run(tmp_path):
+    """runtime.tensorboard: Keras' TensorBoard callback in the one loop, read back with
+    TensorFlow's own event reader."""
+    import tensorflow as tf
+
+    def tags(folder):
+        found = {}
+        for events in folder.glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(events)):
+                for value in event.summary.value:
+                    found.setdefault(value.tag, []).append(event.step)
+        return found
+
+    data = make_prepared()
+    params = validated(repeats=2, train_teacher={"epochs": 2, "batch_size": 32, "learning_rate": 0.003,
+                                                 "lr_floor": 0.1, "amsgrad": False, "patience": None,
+                                                 "augment": {"shift": 0.0}, "freeze_epochs": 1})
+    teachers.train(params.teacher, params.train_teacher, params.seed, data, tensorboard_dir=tmp_path / "teacher_tb")
+    list(distilled_students(params, data, logit_targets(
+        {s: np.zeros((len(data.xy(s)[1]), 3), "float32") for s in ("train", "val")}),
+        tensorboard_dir=tmp_path / "distill_tb"))
+    runs = [tmp_path / "teacher_tb/head_only", tmp_path / "teacher_tb/teacher",
+            tmp_path / "distill_tb/repeat_0", tmp_path / "distill_tb/repeat_1"]
+    for run in runs:
+        train, validation = tags(run / "train"), tags(run / "validation")
+        epochs = [0, 1] if "distill" in str(run) else [0]  # the teacher: 1 frozen epoch, then 1 of all layers
+        for scalar in ("epoch_loss", "epoch_accuracy", "epoch_hard_ce", "epoch_learning_rate"):
+            assert train[scalar] == epochs, (run, scalar, train)
+        assert validation["epoch_accuracy"] == epochs and validation["epoch_hard_ce"] == epochs
+        assert any(tag.endswith("/histogram") and steps == epochs for tag, steps in train.items()), train
+    assert tags(tmp_path / "distill_tb/repeat_0/train")["epoch_soft_loss"] == [0, 1]  # the method's term too

@@ -21,8 +21,9 @@ from typing import Any, Iterator, Mapping
 from kdflow.core import KdflowError
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-# Temp outputs of this process being written now: removed by the stage wrapper on Ctrl-C.
-ACTIVE_TEMPS: set[Path] = set()
+# Temp outputs of this process being written now, each with the output it becomes: removed by
+# the stage wrapper on Ctrl-C.
+ACTIVE_TEMPS: dict[Path, Path] = {}
 # Where a process that must not write the project's outputs writes them instead (a non-chief
 # worker of multi-worker training): a private temp folder, removed when the process exits. Process
 # state, like the distribution strategy: a process is a chief or not for its whole life.
@@ -65,13 +66,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    ACTIVE_TEMPS.add(tmp_path)
+    ACTIVE_TEMPS[tmp_path] = path
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except BaseException as exc:
+        _note_output(exc, path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
-        ACTIVE_TEMPS.discard(tmp_path)
+        ACTIVE_TEMPS.pop(tmp_path, None)
 
 
 @contextmanager
@@ -83,15 +87,31 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     _remove_stale_temps(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary project folder
-    ACTIVE_TEMPS.add(staging)
+    ACTIVE_TEMPS[staging] = path
     try:
         yield staging
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)
+    except BaseException as exc:
+        _note_output(exc, path)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left if the block failed
-        ACTIVE_TEMPS.discard(staging)
+        ACTIVE_TEMPS.pop(staging, None)
+
+
+def _note_output(exc: BaseException, path: Path) -> None:
+    """Remember on ``exc`` the innermost output being written when it was raised (the stage
+    wrapper names it when a write fails for lack of space)."""
+    if getattr(exc, "kdflow_output", None) is None:
+        for temp, output in ACTIVE_TEMPS.items():  # a file in a folder being written: that folder's name
+            if path.is_relative_to(temp):
+                path = output / path.relative_to(temp)
+        try:
+            exc.kdflow_output = path
+        except AttributeError:  # an exception type that takes no attributes
+            pass
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:

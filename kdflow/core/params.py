@@ -15,7 +15,7 @@ params.yaml spells out the defaults (tests/test_consistency.py checks it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Any, ClassVar, Literal, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -105,6 +105,12 @@ class RuntimeParams(Section):
     # Keras' dtype policy while training: mixed_* computes the layers in 16 bits with float32
     # weights (the losses stay float32; float16 gets Keras' loss scaling). Saved models are float32.
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    # TensorBoard event files of every training run (tensorboard/<stage>/...), outside DVC's
+    # outputs: they hold wall-clock times. It changes no output, so dvc.yaml does not list it.
+    tensorboard: bool = False
+
+    # Keys that change no output: not DVC params of any stage (tests/test_consistency.py).
+    OUTPUT_FREE: ClassVar[tuple[str, ...]] = ("tensorboard",)
 
 
 P = TypeVar("P", bound="Params")

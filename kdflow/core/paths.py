@@ -24,6 +24,7 @@ LIVE_DIR = Path("dvclive")  # dvclive curves (and evaluate's confusion plots), o
 RUNS_DIR = Path(".kdflow/runs")  # per-epoch training checkpoints (kdflow.training.resume)
 SCRATCH_DIR = Path(".kdflow/scratch")  # prepare's copy of an image folder, removed when it ends
 TIMINGS_DIR = Path("timings")    # wall-clock latency measured by export and evaluate
+TENSORBOARD_DIR = Path("tensorboard")  # runtime.tensorboard's event files, one folder per stage
 LOGS_DIR = Path("logs")          # tracebacks of unexpected errors
 # Written by the recipe search (kdflow.search), outside the pipeline: commit it with the recipe it chose.
 SELECTION_DIR = Path("selection")
@@ -39,6 +40,10 @@ def metrics_file(stage: str) -> Path:
 
 def live_dir(stage: str) -> Path:
     return LIVE_DIR / stage
+
+
+def tensorboard_dir(stage: str) -> Path:
+    return TENSORBOARD_DIR / stage
 
 
 def timings_file(stage: str) -> Path:

@@ -3,9 +3,11 @@ and the seeding every stage that uses TensorFlow starts with."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -35,6 +37,48 @@ def _write_log(text: str) -> Path | None:
         return ERROR_LOG
     except OSError:
         return None
+
+
+# A write that failed for lack of room: the disk is full, a file-size limit (ulimit -f) or a quota.
+_NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file-size limit was hit",
+            errno.EDQUOT: "the disk quota is exceeded"}
+_SQLITE_NO_ROOM = ("disk I/O error", "database or disk is full")  # SQLite's words for the same
+
+
+def out_of_space(exc: BaseException) -> str | None:
+    """The one line for an exception (or one it came from) that is a write failing for lack of
+    space, naming the path or component that failed and the output being written; else None."""
+    top, seen = exc, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            what, where = f"{_NO_ROOM[exc.errno]} ({exc.strerror})", exc.filename
+            break
+        if isinstance(exc, sqlite3.OperationalError) and any(words in str(exc) for words in _SQLITE_NO_ROOM):
+            what, where = f"the disk is full or a file-size limit was hit (SQLite: {exc})", _database_of(exc)
+            break
+        exc = exc.__cause__ or exc.__context__
+    else:
+        return None
+    output = getattr(exc, "kdflow_output", None) or getattr(top, "kdflow_output", None)
+    where = where or output or "a file"
+    during = f" while writing {output}" if output is not None and str(output) != str(where) else ""
+    return (f"{what} writing {where}{during}; free space or raise the limit, then rerun: this stage wrote no "
+            "outputs, and nothing you had is lost")
+
+
+def _database_of(exc: BaseException) -> str:
+    """Which SQLite database a failing write was to: its folder, from the innermost frame that
+    names one (diskcache's), and DVC's when DVC's code opened it (as dvclive makes it do)."""
+    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    files = [frame.f_code.co_filename for frame in frames]
+    folder = next((str(value) for frame in reversed(frames) for name in ("directory", "database", "filename")
+                   if isinstance(value := frame.f_locals.get(name), (str, os.PathLike))), None)
+    where = f" in {folder}" if folder else ""
+    if any(f"{os.sep}dvc_data{os.sep}" in f or f"{os.sep}dvc{os.sep}" in f for f in files):
+        opener = " (opened by dvclive)" if any(f"{os.sep}dvclive{os.sep}" in f for f in files) else ""
+        return f"DVC's state database{where}{opener}"
+    return f"a SQLite database{where}"
 
 
 def run_stage(main: Callable[[], None], name: str | None = None) -> None:
@@ -67,7 +111,10 @@ def run_stage(main: Callable[[], None], name: str | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything here
         if os.environ.get(DEBUG_ENV):
             raise
-        if isinstance(exc, KdflowError):  # the user's input: the one line says it all
+        full = out_of_space(exc)
+        if full is not None:  # the machine's, not a bug: no traceback
+            print(f"kdflow {stage}: error: {full}", file=sys.stderr)
+        elif isinstance(exc, KdflowError):  # the user's input: the one line says it all
             print(f"kdflow {stage}: error: {exc}", file=sys.stderr)
         else:  # a bug or an environment problem: keep the traceback for the report
             log = _write_log(traceback.format_exc())

@@ -23,12 +23,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdflow.core.paired import clearly_better
 from kdflow.core.params import TrainParams
 from kdflow.core.prepared import Prepared
 
-# A model warns when its batch-statistics accuracy beats its inference-mode accuracy by more
-# than this (and by more than two images): far beyond what the two modes differ by in a healthy model.
-DISAGREEMENT = 0.05
+# A model warns when its batch statistics are clearly better than its inference mode on the
+# validation images (kdflow.core.paired: 5 points, and McNemar's exact test at this level: a
+# warning, so less strict than the import check's stop).
+DISAGREEMENT_P_VALUE = 0.01
 
 
 def batch_norm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
@@ -129,14 +131,14 @@ def batch_statistics_predictions(model: keras.Model, x, batch_size: int, seed: i
     return predicted
 
 
-def disagreement(name: str, inference_accuracy: float, batch_accuracy: float, images: int) -> str | None:
-    """The one-line warning for a model whose inference mode scores far below its batch statistics
-    (stored statistics that do not fit its weights or this data: a frozen BN fed other images,
-    or statistics not re-estimated), or None."""
-    if batch_accuracy - inference_accuracy <= max(DISAGREEMENT, 2 / max(images, 1)):
+def disagreement(name: str, inference_correct: np.ndarray, batch_correct: np.ndarray) -> str | None:
+    """The one-line warning for a model whose inference mode is clearly worse than its batch
+    statistics on the same images (``*_correct``: per image; stored statistics that do not fit its
+    weights or these images: a frozen BN fed other images, or statistics not re-estimated), or None."""
+    if not clearly_better(inference_correct, batch_correct, DISAGREEMENT_P_VALUE):
         return None
-    return (f"warning: {name} scores {inference_accuracy:.3f} on validation in inference mode but "
-            f"{batch_accuracy:.3f} with batch statistics: its stored batch-norm statistics do not match its "
+    return (f"warning: {name} scores {inference_correct.mean():.3f} on validation in inference mode but "
+            f"{batch_correct.mean():.3f} with batch statistics: its stored batch-norm statistics do not match its "
             "weights or these images (docs/troubleshooting.md)")
 
 
@@ -152,14 +154,16 @@ def settle(model: keras.Model, summary: dict, data: Prepared, schedule: TrainPar
     from kdflow.models.logits import predict_logits
 
     x, y = data.xy("val")
-    accuracy = lambda: round(float(np.mean(predict_logits(model, x).argmax(axis=1) == y)), 6)  # noqa: E731
-    entry = {"val_accuracy_before": accuracy()}
+    correct = lambda: predict_logits(model, x).argmax(axis=1) == y  # noqa: E731
+    before = after = correct()
+    entry = {"val_accuracy_before": round(float(before.mean()), 6)}
     if schedule.recompute_bn:
         entry["layers"] = reestimate(model, data.xy("train")[0], schedule.batch_size, seed)
-    entry["val_accuracy_after"] = accuracy() if schedule.recompute_bn else entry["val_accuracy_before"]
-    batch_predictions = batch_statistics_predictions(model, x, schedule.batch_size, seed)
-    entry["val_accuracy_batch_statistics"] = round(float(np.mean(batch_predictions == y)), 6)
-    line = disagreement(name, entry["val_accuracy_after"], entry["val_accuracy_batch_statistics"], len(y))
+        after = correct()
+    entry["val_accuracy_after"] = round(float(after.mean()), 6)
+    batch = batch_statistics_predictions(model, x, schedule.batch_size, seed) == y
+    entry["val_accuracy_batch_statistics"] = round(float(batch.mean()), 6)
+    line = disagreement(name, after, batch)
     if line is not None:
         warn(line)
     return {**summary, "val_accuracy": entry["val_accuracy_after"], "batch_norm": entry}

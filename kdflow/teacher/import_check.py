@@ -9,16 +9,12 @@ import json
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.stats import binomtest
 
 from kdflow.core import KdflowError
+from kdflow.core.paired import MIN_GAIN, clearly_better
 
 # Rows of non-negative outputs summing to 1 within this are probabilities (float16 softmax included).
 SUM_TOLERANCE = 1e-3
-# "Clearly better": at least this much validation accuracy, and an exact McNemar test on the
-# images where exactly one of the two is right at this level.
-MIN_GAIN = 0.05
-MAX_P_VALUE = 1e-3
 
 
 def output_kind(outputs: np.ndarray, declared: str, where: str) -> tuple[bool, str]:
@@ -44,14 +40,6 @@ def output_kind(outputs: np.ndarray, declared: str, where: str) -> tuple[bool, s
                           "per-class scores (sigmoids) are not a single-label distribution. If they are logits, "
                           "set teacher.outputs: logits")
     return False, f"outputs are logits ({span})"
-
-
-def clearly_better(worse: np.ndarray, better: np.ndarray) -> bool:
-    """Whether the per-image correctness ``better`` clearly beats ``worse`` (same images)."""
-    wins, losses = int(np.sum(better & ~worse)), int(np.sum(worse & ~better))
-    if (wins - losses) / len(worse) < MIN_GAIN:
-        return False
-    return binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue < MAX_P_VALUE
 
 
 def best_mapping(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -79,8 +79,7 @@ def _check_batch_norm(net, kept: np.ndarray, select: np.ndarray, x, y: np.ndarra
     if not batch_norm.batch_norm_layers(net):
         return
     batch = batch_norm.batch_statistics_predictions(net, x, INFERENCE_BATCH_SIZE, seed, select)
-    warning = batch_norm.disagreement("teacher", float(np.mean(kept.argmax(axis=1) == y)),
-                                      float(np.mean(batch == y)), len(y))
+    warning = batch_norm.disagreement("teacher", kept.argmax(axis=1) == y, batch == y)
     if warning is not None:
         log(f"train_teacher: {warning}")
 

@@ -24,9 +24,11 @@ from kdflow.views.table import EpochViews, teacher_crops
 
 
 def train(teacher: TeacherParams, schedule: TeacherTrainParams, seed: int, data: Prepared,
-          log_dir: Path | None = None, run_dir: Path | None = None) -> tuple[keras.Model, dict]:
-    """Train the teacher on the hard labels; per-epoch curves go to ``log_dir`` if given, and
-    with ``run_dir`` the training resumes from the checkpoint kept there."""
+          log_dir: Path | None = None, run_dir: Path | None = None,
+          tensorboard_dir: Path | None = None) -> tuple[keras.Model, dict]:
+    """Train the teacher on the hard labels; per-epoch curves go to ``log_dir`` if given, with
+    ``run_dir`` the training resumes from the checkpoint kept there, and with ``tensorboard_dir``
+    TensorBoard logs go to its ``teacher`` (and ``head_only``: the frozen epochs)."""
     deterministic(seed)
     loggers = [curves.epoch_logger(log_dir)] if log_dir is not None else []
     train_images = len(data.xy("train")[1])
@@ -41,14 +43,15 @@ def train(teacher: TeacherParams, schedule: TeacherTrainParams, seed: int, data:
             head = schedule.model_copy(update={"epochs": schedule.freeze_epochs, "patience": None})
             head_summary = Trainer(trained, head, train_images, "train_teacher").fit_prepared(
                 data, seed, loggers=loggers, checkpoint=run_dir / "teacher_head.npz" if run_dir is not None else None,
-                views=crops)
+                views=crops, tensorboard=tensorboard_dir / "head_only" if tensorboard_dir else None)
             _train_only_logits(model, False)
             schedule = schedule.model_copy(update={
                 "epochs": schedule.epochs - schedule.freeze_epochs,
                 "learning_rate": schedule.learning_rate * schedule.fine_tune_lr_scale})
         summary = Trainer(trained, schedule, train_images, "train_teacher").fit_prepared(
             data, seed, loggers=loggers, checkpoint=run_dir / "teacher.npz" if run_dir is not None else None,
-            views=crops if crops is None else crops.after(schedule.freeze_epochs))
+            views=crops if crops is None else crops.after(schedule.freeze_epochs),
+            tensorboard=tensorboard_dir / "teacher" if tensorboard_dir else None)
     model = plain_copy(model)
     start = time.perf_counter()
     summary = batch_norm.settle(model, summary, data, schedule, seed, "teacher")

@@ -15,6 +15,7 @@ they are given (the labels, plus the teacher's outputs for distillation).
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdflow.core import KdflowError
+from kdflow.core.io import writes_discarded
 from kdflow.core.params import TrainParams
 from kdflow.core.prepared import Prepared
 from kdflow.models.logits import INFERENCE_BATCH_SIZE
@@ -155,13 +157,16 @@ class Trainer:
 
     def fit(self, train: tuple[Images, Targets], val: tuple[Images, Targets], seed: int,
             callbacks: list[keras.callbacks.Callback] = (), loggers: list[keras.callbacks.Callback] = (),
-            checkpoint: Path | None = None, views: ViewSource | None = None) -> dict:
+            checkpoint: Path | None = None, views: ViewSource | None = None,
+            tensorboard: Path | None = None) -> dict:
         """Train the model in place; return a summary of the kept epoch.
 
         The logs hold the model's tracked terms (``loss``, ``accuracy``, ``hard_ce``, and each
         term of a distillation method); early stopping watches ``val_hard_ce``. ``loggers`` (the
         curves) get the epochs of a resumed run replayed. With ``checkpoint``, the training state
         is saved there after every epoch and a run finds it and resumes (kdflow.training.resume).
+        With ``tensorboard``, Keras' TensorBoard callback writes the epochs' logs and weight
+        histograms there (emptied first unless the run resumes).
         With ``views``, it trains on augmented views of the training images (see make_dataset);
         validation stays un-augmented. With several replicas, every step is a full global batch:
         an epoch's last partial batch is dropped."""
@@ -185,6 +190,10 @@ class Trainer:
                 "chief's .kdflow/runs folder (a shared file system), or delete it there to start over")
         if not state.finished:
             everyone = [stop_on_nan, LearningRateLogger(), *callbacks, *loggers]
+            if tensorboard is not None and not writes_discarded():  # the chief's alone
+                if state.first_epoch == 0:
+                    shutil.rmtree(tensorboard, ignore_errors=True)
+                everyone.append(keras.callbacks.TensorBoard(str(tensorboard), histogram_freq=1, write_graph=False))
             # the checkpoint comes last: it saves what the others updated at each epoch end
             everyone += [early_stopping, state] if early_stopping else [state]
             epochs = range(state.first_epoch, schedule.epochs)

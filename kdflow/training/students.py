@@ -45,12 +45,14 @@ class Students:
 
 def train(students: Students, data: Prepared, objective: Callable[[], Objective] = lambda: HARD_LABELS,
           targets: Mapping[str, Targets] | None = None, views: ViewSource | None = None,
-          log_dir: Path | None = None, run_dir: Path | None = None) -> Iterator[tuple[keras.Model, dict]]:
+          log_dir: Path | None = None, run_dir: Path | None = None,
+          tensorboard_dir: Path | None = None) -> Iterator[tuple[keras.Model, dict]]:
     """Yield the trained students with their summaries, under ``objective()`` (made once, in the
     strategy's scope: it may hold a variable) on the labels plus ``targets`` per split, on
     ``views`` (the images as they are if None). Repeat 0's per-epoch curves go to ``log_dir`` if
     given; with ``run_dir``, every repeat resumes from (or, if finished, is restored from) its
-    checkpoint there. Each yielded model is the student's own copy: a later repeat does not change it."""
+    checkpoint there; with ``tensorboard_dir``, repeat i's TensorBoard logs go to its ``repeat_<i>``.
+    Each yielded model is the student's own copy: a later repeat does not change it."""
     with strategy.scope():
         goal = objective()
     # One model trains every repeat: each repeat assigns it a freshly built model's initial
@@ -74,7 +76,8 @@ def train(students: Students, data: Prepared, objective: Callable[[], Objective]
                     variable.assign(value)
             checkpoint = run_dir / f"repeat_{repeat}.npz" if run_dir is not None else None
             summary = trainer.fit_prepared(data, repeat_seed, targets, callbacks=goal.callbacks(), loggers=loggers,
-                                           checkpoint=checkpoint, views=views)
+                                           checkpoint=checkpoint, views=views,
+                                           tensorboard=tensorboard_dir / f"repeat_{repeat}" if tensorboard_dir else None)
         trained = plain_copy(student)
         start = time.perf_counter()
         summary = batch_norm.settle(trained, summary, data, students.schedule, repeat_seed,
