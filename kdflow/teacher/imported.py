@@ -35,8 +35,7 @@ def import_file(teacher: TeacherParams, seed: int, data: Prepared, log=print) ->
     raw = [predict_logits(_behind(loaded.net, data, r, teacher.image_size), x) for r in tried]
     probabilities, found = import_check.output_kind(raw[0], teacher.outputs, where)
     log(f"train_teacher: {where} ({loaded.kind}): {found}")
-    _check_batch_norm(_behind(loaded.net, data, tried[0], teacher.image_size), raw[0][:, select], select, x, y,
-                      seed, log)
+    _check_batch_norm(_behind(loaded.net, data, tried[0], teacher.image_size), select, x, y, seed, log)
 
     def classes_for(mapping: np.ndarray) -> list[str]:  # the teacher.classes that reads output select[j] as mapping[j]
         given = list(names) if names is not None else list(data.class_names)
@@ -72,14 +71,14 @@ def _log_distribution(outputs: np.ndarray, probabilities: bool) -> np.ndarray:
     return log_softmax(logs, axis=1)
 
 
-def _check_batch_norm(net, kept: np.ndarray, select: np.ndarray, x, y: np.ndarray, seed: int, log) -> None:
+def _check_batch_norm(net, select: np.ndarray, x, y: np.ndarray, seed: int, log) -> None:
     """The warning for a teacher whose stored batch-norm statistics do not fit these images (frozen
     statistics of other data: kdflow does not retrain an imported teacher), before any stop.
-    ``kept``: its inference-mode outputs of the data's classes (``select``)."""
+    ``select``: its outputs of the data's classes."""
     if not batch_norm.batch_norm_layers(net):
         return
-    batch = batch_norm.batch_statistics_predictions(net, x, INFERENCE_BATCH_SIZE, seed, select)
-    warning = batch_norm.disagreement("teacher", kept.argmax(axis=1) == y, batch == y)
+    inference, batch = batch_norm.mode_predictions(net, x, INFERENCE_BATCH_SIZE, seed, select)
+    warning = batch_norm.disagreement("teacher", inference == y, batch == y)
     if warning is not None:
         log(f"train_teacher: {warning}")
 
