@@ -38,18 +38,21 @@ RECOMPUTE_IMAGES = 2048
 DISAGREEMENT_P_VALUE = 0.01
 
 
+def _all_layers(model: keras.Layer) -> list:
+    """``model`` and every layer in it, nested models included, each once."""
+    found: dict[int, keras.Layer] = {}
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) not in found:
+            found[id(layer)] = layer
+            stack.extend(reversed(getattr(layer, "layers", None) or ()))
+    return list(found.values())
+
+
 def batch_norm_layers(model: keras.Layer) -> list[keras.layers.BatchNormalization]:
     """Every BatchNormalization layer of ``model``, nested models included, each once."""
-    found: dict[int, keras.layers.BatchNormalization] = {}
-
-    def walk(layer) -> None:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.setdefault(id(layer), layer)
-        for inner in getattr(layer, "layers", None) or ():
-            walk(inner)
-
-    walk(model)
-    return list(found.values())
+    return [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 @contextmanager
@@ -73,15 +76,6 @@ def _batch_statistics(model: keras.Layer, store: bool) -> Iterator[list[keras.la
             layer.momentum, layer.trainable = momentum, trainable
         for layer, rate in zip(dropouts, saved[1]):
             layer.rate = rate
-
-
-def _all_layers(model: keras.Layer) -> list:
-    layers, stack = [], [model]
-    while stack:
-        layer = stack.pop()
-        layers.append(layer)
-        stack.extend(getattr(layer, "layers", None) or ())
-    return layers
 
 
 def _batches(count: int, batch_size: int, seed: int) -> list[np.ndarray]:
@@ -191,5 +185,5 @@ def settled_line(who: str, summaries: list[dict], train_images: int, seconds: fl
     mean = "mean " if len(entries) > 1 else ""
     if "layers" not in entries[0]:
         return f"{who}: batch-norm statistics kept (recompute_bn: false): {mean}val accuracy {before:.4f}"
-    return (f"{who}: batch-norm statistics of {entries[0]['layers']} layers re-estimated over {train_images} "
-            f"training images: {mean}val accuracy (inference mode) {before:.4f} -> {after:.4f} ({seconds:.1f} s)")
+    return (f"{who}: batch-norm statistics of {entries[0]['layers']} layers re-estimated over "
+            f"{min(train_images, RECOMPUTE_IMAGES)} training images: {mean}val accuracy (inference mode) {before:.4f} -> {after:.4f} ({seconds:.1f} s)")
