@@ -250,9 +250,6 @@ def test_a_mobilenet_student_of_an_efficientnet_teacher_on_an_image_folder_throu
     assert "warning" not in output
     metrics = {stage: json.loads((repo / f"metrics/{stage}.json").read_text())
                for stage in ("train_teacher", "distill", "train_scratch", "export", "evaluate")}
-    print(json.dumps({stage: metrics[stage] for stage in ("train_teacher", "export")}, indent=1))
-    print(json.dumps({role: {k: v for k, v in result.items() if "accuracy" in k}
-                      for role, result in metrics["evaluate"].items() if isinstance(result, dict)}, indent=1))
     chance = 1 / 3
     # the teacher and every student learned, in inference mode: re-estimated statistics, not the moving averages
     teacher_bn = metrics["train_teacher"]["batch_norm"]
