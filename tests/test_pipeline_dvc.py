@@ -2,6 +2,7 @@
 one `dvc repro` is the `pipeline_repo` fixture (conftest); tests that change it use a copy."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -193,6 +194,11 @@ def queue_status(repo) -> dict[str, str]:
     return rows
 
 
+def stages_cached(output: str) -> set[str]:
+    """The stages DVC restored from its run cache."""
+    return set(re.findall(r"Stage '([a-z_]+)' is cached", output))
+
+
 def student_val(rev: dict) -> dict[str, list[float]]:
     """Per-repeat validation accuracies of the distilled and scratch students of an experiment."""
     metrics = rev["data"]["metrics"]
@@ -299,6 +305,122 @@ def test_recipe_search_survives_a_dead_queue_ranks_by_validation_and_applies_the
         assert yaml.safe_load((repo / "params.yaml").read_text())["alpha"] == 1.0
     else:
         assert "search: the best is the committed recipe" in second
+
+
+def test_a_search_on_two_hosts_ranks_and_applies_as_one_host_would(pipeline_repo, tmp_path):
+    """Two hosts search half a grid each, sharing a bare git repository (the team's git server)
+    and a folder (the DVC remote); a third clone ranks and applies. The team's commit is not
+    reproduced (no dvc.lock): host 1 reproduces it (its run cache knows every stage: it ran them
+    for the session's pipeline) and shares it; host 2 restores it from the DVC remote's run
+    cache, training nothing. The reference is the one-host `kdflow search` over the same grid,
+    on a fourth clone that got the experiments with plain `dvc exp pull` (every run reproduces
+    bit for bit: test_forced_rerun_is_identical; running them twice more would cost a minute)."""
+    import subprocess
+    import time
+
+    from conftest import _env
+
+    grid = ["-S", "alpha=0.3"]  # alpha = 1 (part 1) and alpha 0.3 (part 2)
+    team, store = tmp_path / "team.git", tmp_path / "dvc-store"
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(team)], tmp_path)
+    host1 = copy_repo(pipeline_repo, tmp_path / "host1")
+    sh(["git", "rm", "-q", "dvc.lock"], host1)
+    sh(["dvc", "remote", "add", "-d", "team", str(store)], host1)
+    sh(["git", "commit", "-qam", "the team's commit, with its DVC remote"], host1)
+    sh(["git", "remote", "add", "origin", str(team)], host1)
+    sh(["git", "push", "-q", "origin", "main"], host1)
+    host2, ranker, alone = tmp_path / "host2", tmp_path / "ranker", tmp_path / "alone"
+    for clone in (host2, ranker, alone):
+        sh(["git", "clone", "-q", str(team), str(clone)], tmp_path)
+    kdflow = [sys.executable, "-m", "kdflow.cli"]
+
+    # Host 1 first, until it has shared the baseline; then host 2.
+    first = subprocess.Popen(kdflow + ["search", *grid, "--part", "1/2", "--push", "origin"], cwd=host1, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said, deadline = [], time.monotonic() + 300
+    while not any("search: the baseline:" in line for line in said):
+        assert first.poll() is None and time.monotonic() < deadline, (said, first.stderr.read())
+        said.append(first.stdout.readline())
+    part2 = sh(kdflow + ["search", *grid, "--part", "2/2", "--push", "origin"], host2).stdout
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    part1 = "".join(said) + out
+    assert "part 1/2: 1 of the grid's 2 recipes\n  alpha=1.0, distill.method=kd" in part1
+    assert "part 2/2: 1 of the grid's 2 recipes\n  alpha=0.3" in part2
+
+    def baseline(output):
+        line = next(line for line in output.splitlines() if line.startswith("search: the baseline:"))
+        restored = re.search(r"(\d+) stage\(s\) restored from the run cache \(([\w, ]+)\)", line)
+        ran = re.search(r"(\d+) run here \(([\w, ]+)\)", line)
+        return set(restored[2].split(", ")) if restored else set(), set(ran[2].split(", ")) if ran else set()
+
+    # Nothing was trained for the baseline on either host; evaluate, whose report is in git
+    # (`cache: false`), is the one stage the run cache does not hold.
+    for output in (part1, part2):
+        assert baseline(output) == (ALL_STAGES - {"evaluate"}, {"evaluate"}), output
+    for host, output in ((host1, part1), (host2, part2)):
+        (name,) = queue_status(host)  # one recipe ran on each host, once
+        assert f"search: pushed {name} to origin" in output
+        log = sh(["dvc", "queue", "logs", name], host).stdout
+        assert stages_run(log) == ALPHA_STAGES and UPSTREAM <= stages_skipped(log) | stages_cached(log), log
+    assert "when every part is in, on any host: kdflow rank -S alpha=0.3 --from origin --apply" in part2
+
+    # A late host (or one rerun after a crash), without --part: both recipes are on the remote, so
+    # it runs nothing, ranks and leaves the workspace alone.
+    late = sh(kdflow + ["search", *grid, "--push", "origin", "--no-apply"], host2).stdout
+    assert "2 recipes, 2 already finished or queued, 0 to run" in late and "pulled 1 new here" in late
+    assert len(queue_status(host2)) == 1
+
+    ranked = sh(kdflow + ["rank", *grid, "--from", "origin", "--apply"], ranker).stdout
+    assert "origin holds 2 experiment(s) of this commit; pulled 2 new here" in ranked
+    sh(["dvc", "exp", "pull", "origin"], alone)
+    single = sh(kdflow + ["search", *grid], alone).stdout
+    assert "2 recipes, 2 already finished or queued, 0 to run" in single
+    for repo in (ranker, alone):
+        assert queue_status(repo) == {}  # trained nothing
+
+    def ranking(repo):
+        return [(row["experiment"], row["recipe"], row["val_kd_gain"])
+                for row in json.loads((repo / "selection/ranking.json").read_text())]
+
+    assert ranking(ranker) == ranking(alone) and len(ranking(alone)) == 2
+    assert re.search(r"search: applied [\w-]+ to the workspace", ranked)
+    assert ranked.splitlines()[-1] == single.splitlines()[-1]  # the same experiment applied
+    assert (ranker / "params.yaml").read_text() == (alone / "params.yaml").read_text()
+    # The applied experiment's outputs came from the DVC remote: the workspace is complete.
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], ranker).stdout
+
+
+def test_a_shared_search_refuses_what_would_split_the_team_with_one_line_each(tmp_path):
+    """Before anything runs: no such remote, no DVC remote, uncommitted changes, a commit the
+    remote does not have, --part without --push, and rank's flags without --from."""
+    from conftest import make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    team = tmp_path / "team.git"
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(team)], tmp_path)
+    kdflow = [sys.executable, "-m", "kdflow.cli"]
+
+    def refused(*args):
+        result = sh(kdflow + list(args), repo, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        return line
+
+    assert refused("search", "--part", "1/2").startswith("kdflow search: error: --part needs --push GIT_REMOTE")
+    assert refused("rank", "-S", "alpha=0.3").startswith("kdflow rank: error: -S and --apply go with --from")
+    assert refused("search", "-S", "alpha=0.3", "--push", "nowhere").startswith(
+        "kdflow search: error: nowhere: not a git remote here (`git remote -v`) nor a reachable repository")
+    sh(["git", "remote", "add", "origin", str(team)], repo)
+    assert "no default DVC remote: the hosts share outputs and the run cache through one" in refused(
+        "search", "-S", "alpha=0.3", "--push", "origin")
+    sh(["dvc", "remote", "add", "-d", "team", str(tmp_path / "store")], repo)
+    assert refused("search", "-S", "alpha=0.3", "--push", "origin").startswith(
+        "kdflow search: error: uncommitted changes (.dvc/config): every host must search from the same commit")
+    sh(["git", "commit", "-qam", "remote"], repo)
+    assert "is not a branch head on origin: every host must search from the same commit; `git push origin HEAD`" \
+        in refused("search", "-S", "alpha=0.3", "--push", "origin")
+    assert queue_status(repo) == {}
 
 
 def test_own_npz_data_and_own_teacher_run_end_to_end(byo_repo):

@@ -174,3 +174,35 @@ def test_runs_are_read_from_dvcs_executor_state_and_duplicates_are_said(capsys):
     assert twice.name == "twice-a" and queued is None and running is None
     said = capsys.readouterr().out
     assert "search: alpha=0.5: 2 finished experiments (twice-a, twice-b): the ranking uses twice-a" in said
+
+
+def test_parts_of_a_grid_are_dealt_the_same_on_every_host():
+    """`--part i/n`: every recipe in exactly one part, in grid order; alpha = 1 in part 1 when only
+    the distillation knobs vary; whole settings (their scratch students trained on one host) when
+    the grid has as many settings as parts."""
+    import argparse
+
+    from kdflow.search.commands import part_of
+    from kdflow.search.grid import share
+
+    knobs = recipes({"alpha": [0.3, 0.5, 0.7], "temperature": [2, 4]}, WORKSPACE)
+    parts = [share(knobs, i, 3, DISTILLED) for i in (1, 2, 3)]
+    assert sorted(map(str, sum(parts, []))) == sorted(map(str, knobs)) and len(knobs) == 7
+    assert parts[0][0] == NO_DISTILLATION and [len(p) for p in parts] == [3, 2, 2]
+    assert all(p == sorted(p, key=knobs.index) for p in parts)
+    assert share(knobs, 2, 3, DISTILLED) == parts[1]  # the same on every call, so on every host
+    assert share(recipes({"alpha": [0.3]}, WORKSPACE), 2, 2, DISTILLED) == [{"alpha": 0.3}]
+
+    views = recipes({"views.count": [0, 8], "alpha": [0.3, 0.5]}, {**WORKSPACE, "views.count": 8})
+    first, second = (share(views, i, 2, DISTILLED) for i in (1, 2))
+    assert {r["views.count"] for r in first} == {0} and {r["views.count"] for r in second} == {8}
+    assert first[0] == {"views.count": 0, **NO_DISTILLATION} and len(first) == len(second) == 3
+    # More hosts than settings: recipes are dealt one by one, every alpha = 1 to part 1.
+    thirds = [share(views, i, 3, DISTILLED) for i in (1, 2, 3)]
+    assert [r for r in thirds[0] if r.get("alpha") == 1.0] == [r for r in views if r.get("alpha") == 1.0]
+    assert sorted(map(str, sum(thirds, []))) == sorted(map(str, views))
+
+    assert part_of("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "2", "a/b", "1/0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected I/N"):
+            part_of(bad)

@@ -108,6 +108,39 @@ def recipes(grid: dict[str, list], workspace: dict, known: set[str], distilled: 
     return found
 
 
+def no_distillation(recipe: dict) -> bool:
+    """An alpha = 1 recipe of ``recipes``: the scratch students, which its setting's KD recipes are paired with."""
+    return all(recipe.get(key) == value for key, value in NO_DISTILLATION.items())
+
+
+def share(wanted: list[dict], part: int, parts: int, distilled: Distilled) -> list[dict]:
+    """Part ``part`` of ``parts`` (1-based) of the recipes, the same on every host given the same
+    grid and params: with as many baseline settings as parts or more, each setting's recipes stay
+    together (its scratch and plain students are then trained on one host only); otherwise each
+    recipe is dealt alone, and every alpha = 1 recipe belongs to part 1. Whole settings or single
+    recipes go, in grid order, to the part with the fewest recipes so far (ties: the lowest part)."""
+    groups: list[list[dict]] = []
+    settings: list[dict] = []
+    for recipe in wanted:
+        setting = distilled.baseline_part(recipe)
+        if setting not in settings:
+            settings.append(setting)
+            groups.append([])
+        groups[settings.index(setting)].append(recipe)
+    if len(groups) < parts:
+        groups = [[r] for r in wanted if not no_distillation(r)]
+        load = [sum(map(no_distillation, wanted))] + [0] * (parts - 1)
+        dealt: list[list[dict]] = [[r for r in wanted if no_distillation(r)]] + [[] for _ in range(parts - 1)]
+    else:
+        load, dealt = [0] * parts, [[] for _ in range(parts)]
+    for group in groups:
+        emptiest = load.index(min(load))
+        dealt[emptiest] += group
+        load[emptiest] += len(group)
+    mine = dealt[part - 1]
+    return [r for r in wanted if r in mine]  # in grid order
+
+
 def matches(params: dict, recipe: dict, workspace: dict, distilled: Distilled) -> bool:
     """``params`` (flattened, from `dvc exp show`, which leaves nulls out) are the workspace's
     with ``recipe`` applied; without distillation the KD params (temperature, ...) do not matter."""

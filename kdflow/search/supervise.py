@@ -18,10 +18,11 @@ import yaml
 
 from kdflow.core import KdflowError
 from kdflow.core.paths import PARAMS_FILE
-from kdflow.search.grid import Distilled, default_grid, flat, label, matches, recipes, unflat, yaml_value
+from kdflow.search.grid import Distilled, default_grid, flat, label, matches, recipes, share, unflat, yaml_value
 from kdflow.search.queue import (QueueState, alive, dead, dvc, logs_tail, queue_state, runs,
                                  start_queue)
 from kdflow.search.ranking import Experiment, exp_show, experiments
+from kdflow.search.remote import Team
 
 POLL_SECONDS = 2  # `dvc queue status` itself takes about a second
 # Waiting stops when the queue has had no live worker and no live experiment process this long.
@@ -33,9 +34,11 @@ class Search:
     """One search over the wanted recipes: what DVC holds for each, cleared of what a dead
     queue left behind, queued where missing, and waited for while the queue makes progress."""
 
-    def __init__(self, wanted: list[dict], workspace: dict, distilled: Distilled, jobs: int, give_up_after: float):
+    def __init__(self, wanted: list[dict], workspace: dict, distilled: Distilled, jobs: int, give_up_after: float,
+                 team: Team | None = None):
         self.wanted, self.workspace, self.distilled = wanted, workspace, distilled
         self.jobs, self.give_up_after = jobs, give_up_after
+        self.team = team  # with a team, each finished experiment is pushed to its remote at once
         self.retried: set[int] = set()  # recipes queued again after a failed run
 
     def of(self, recipe: dict, items: list) -> list:
@@ -87,7 +90,8 @@ class Search:
                   f"queued, {len(to_queue)} to run")
         for recipe in to_queue:
             # `-S +key=...` adds a key that params.yaml leaves at its default (DVC refuses `-S key=` for it)
-            dvc("exp", "run", "--queue", *[arg for k, v in recipe.items()
+            # with a team, `--pull`: a stage another host ran is restored from the DVC remote's run cache
+            dvc("exp", "run", "--queue", *(["--pull"] if self.team else []), *[arg for k, v in recipe.items()
                                            for arg in ("-S", f"{'' if k in self.workspace else '+'}{k}={yaml_value(v)}")])
         return waiting + len(to_queue)
 
@@ -116,6 +120,8 @@ class Search:
                 if state.counts.get("Failed", 0) > (last or {}).get("Failed", 0) and self.retry(state):
                     last = None
                     continue
+                if state.counts.get("Success", 0) > (last or {}).get("Success", 0):
+                    self.push_finished(exp_show())
                 last = state.counts
             if moving:
                 quiet_since = None
@@ -129,6 +135,23 @@ class Search:
                     "command again, which clears the dead entries and queues their recipes again (by hand: "
                     "`dvc queue status`, `dvc queue kill <name>`, `dvc exp remove <name>`)")
             time.sleep(POLL_SECONDS)
+
+    def push_finished(self, show: list[dict], final: bool = False) -> None:
+        """Push the finished experiments of the wanted recipes that the team's remote lacks.
+        While the queue runs a failed push (DVC busy collecting another experiment) waits for
+        the next one; the last, with ``final``, must succeed."""
+        if self.team is None:
+            return
+        finished = [e.name for recipe in self.wanted for e in self.of(recipe, experiments(show)) if not e.baseline]
+        try:
+            pushed = self.team.push(finished)
+        except KdflowError as error:
+            if final:
+                raise
+            print(f"search: pushing to {self.team.remote} failed, tried again when the next experiment ends: {error}")
+            return
+        if pushed:
+            print(f"search: pushed {', '.join(pushed)} to {self.team.remote} (with outputs and run cache)", flush=True)
 
     def retry(self, state: QueueState) -> bool:
         """Queue again, once, the recipes whose run failed; True if any was."""
@@ -157,12 +180,9 @@ class Search:
         return found
 
 
-def run(grid: dict[str, list] | None, jobs: int, distilled: Distilled, give_up_after: float = GIVE_UP_SECONDS
-        ) -> list[tuple[dict, Experiment | None, str | None]]:
-    """Queue the recipes of ``grid`` (None: the default grid) not yet finished or queued, run
-    the queue, and return each recipe with its finished experiment (None if it failed) and,
-    for a failed one, its failed experiment's name."""
-    from kdflow.evaluate.comparison import teacher_warning
+def wanted_recipes(grid: dict[str, list] | None, distilled: Distilled) -> tuple[list[dict], dict]:
+    """The recipes of ``grid`` (None: the default grid), each checked against the params schema,
+    and the workspace's params (flattened)."""
     from kdflow.schema import Schema
 
     Schema.load()  # the workspace's params.yaml is valid, every section of it
@@ -171,13 +191,41 @@ def run(grid: dict[str, list] | None, jobs: int, distilled: Distilled, give_up_a
     wanted = recipes(grid or default_grid(workspace), workspace, known, distilled)
     for recipe in wanted:  # every recipe is valid before anything runs
         Schema.checked(unflat({**workspace, **recipe}), source=f"-S {label(recipe)}")
+    return wanted, workspace
+
+
+def run(grid: dict[str, list] | None, jobs: int, distilled: Distilled, give_up_after: float = GIVE_UP_SECONDS,
+        team: Team | None = None, part: tuple[int, int] | None = None
+        ) -> list[tuple[dict, Experiment | None, str | None]]:
+    """Queue the recipes of ``grid`` (None: the default grid) not yet finished or queued, run
+    the queue, and return each recipe with its finished experiment (None if it failed) and,
+    for a failed one, its failed experiment's name. With a ``team``: the baseline is shared
+    first, the remote's finished experiments count as finished here, and each experiment is
+    pushed as it finishes; with ``part`` (i, n): only share i of n of the recipes."""
+    from kdflow.evaluate.comparison import teacher_warning
+
+    wanted, workspace = wanted_recipes(grid, distilled)
+    if part is not None:
+        everything, wanted = wanted, share(wanted, *part, distilled)
+        print(f"search: part {part[0]}/{part[1]}: {len(wanted)} of the grid's {len(everything)} recipes"
+              + "".join(f"\n  {label(r)}" for r in wanted))
+    if team is not None:
+        team.check()
+        print(f"search: {team.share_baseline()}", flush=True)
+        pulled = team.pull_finished()
+        print(f"search: {team.remote} holds {len(team.on_remote)} experiment(s) of this commit"
+              + (f"; pulled {len(pulled)} new here (refs and metrics, no outputs): {', '.join(pulled)}" if pulled
+                 else ""))
     show = exp_show()
     baseline = next((e for e in experiments(show) if e.baseline), None)
     if baseline and baseline.teacher_check and (warning := teacher_warning(baseline.teacher_check)):
         print(f"search: WARNING: {warning}")
-    search = Search(wanted, workspace, distilled, jobs, give_up_after)
+    search = Search(wanted, workspace, distilled, jobs, give_up_after, team)
     if search.clear(show):
         show = exp_show()
+    search.push_finished(show, final=True)  # finished here before, by a search that could not push them
     if search.queue_missing(show):
         search.wait()
-    return search.results(exp_show())
+    show = exp_show()
+    search.push_finished(show, final=True)
+    return search.results(show)
