@@ -190,12 +190,28 @@ def make_repo(repo: Path, commit: bool = True, **param_updates) -> Path:
 @pytest.fixture(scope="session")
 def session_repos(tmp_path_factory):
     """The session's two pipeline runs, side by side: the tiny project with the committed params
-    and a user's own data and teacher. Returns {"pipeline": (repo, output), "byo": (...)}."""
-    pipeline = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    byo = make_byo_repo(tmp_path_factory.mktemp("byo") / "repo")
-    runs = sh_together(*[(["dvc", "repro"], repo, None) for repo in (pipeline, byo)])
-    return {name: (repo, run.stdout + run.stderr)
-            for (name, repo), run in zip((("pipeline", pipeline), ("byo", byo)), runs)}
+    (committed after its run) and a user's own data and teacher. Returns {"pipeline": (repo,
+    output), "byo": (...)}. Under pytest-xdist the first process to ask builds them and the
+    others wait for it and share them (a file lock in the run's common temporary folder), so
+    the pipeline runs once per run; tests change copies (``copy_repo``), never these."""
+    import fcntl
+    import json
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each process has its own folder below the run's
+        shared = shared.parent
+    record = shared / "session_repos.json"
+    with open(shared / "session_repos.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not record.exists():
+            pipeline = make_repo(shared / "session-pipeline" / "repo")
+            byo = make_byo_repo(shared / "session-byo" / "repo")
+            runs = sh_together(*[(["dvc", "repro"], repo, None) for repo in (pipeline, byo)])
+            sh(["git", "add", "-A"], pipeline)
+            sh(["git", "commit", "-qm", "baseline results"], pipeline)
+            record.write_text(json.dumps({name: [str(repo), run.stdout + run.stderr] for (name, repo), run
+                                          in zip((("pipeline", pipeline), ("byo", byo)), runs)}))
+    return {name: (Path(repo), output) for name, (repo, output) in json.loads(record.read_text()).items()}
 
 
 @pytest.fixture(scope="session")
@@ -204,8 +220,6 @@ def pipeline_repo(session_repos):
     committed params. Tests that change a project work on a copy (``copy_repo``)."""
     repo, output = session_repos["pipeline"]
     assert stages_run(output) == ALL_STAGES
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "commit", "-qm", "baseline results"], repo)
     (repo.parent / "first_repro.log").write_text(output)
     return repo
 
