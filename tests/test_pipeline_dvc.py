@@ -395,7 +395,8 @@ def test_a_search_on_two_hosts_ranks_and_applies_as_one_host_would(pipeline_repo
 
 def test_a_shared_search_refuses_what_would_split_the_team_with_one_line_each(tmp_path):
     """Before anything runs: no such remote, no DVC remote, uncommitted changes, a commit the
-    remote does not have, --part without --push, and rank's flags without --from."""
+    remote does not have, --part without --push, rank's flags without --from, and a ranking
+    with nothing on the remote yet."""
     from conftest import make_repo
 
     repo = make_repo(tmp_path / "repo")
@@ -422,6 +423,10 @@ def test_a_shared_search_refuses_what_would_split_the_team_with_one_line_each(tm
     sh(["git", "commit", "-qam", "remote"], repo)
     assert "is not a branch head on origin: every host must search from the same commit; `git push origin HEAD`" \
         in refused("search", "-S", "alpha=0.3", "--push", "origin")
+    sh(["git", "push", "-q", "origin", "main"], repo)
+    assert refused("rank", "-S", "alpha=0.3", "--from", "origin").startswith(
+        "kdflow rank: error: no recipe of the grid has a finished experiment on origin or here yet: "
+        "`kdflow search -S alpha=0.3 --push origin` on any host runs them")
     assert queue_status(repo) == {}
 
 

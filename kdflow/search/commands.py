@@ -136,8 +136,10 @@ def rank(args: argparse.Namespace) -> None:
           "new here (refs and metrics, no outputs)")
     results = Search(wanted, workspace, distilled, jobs=1, give_up_after=0).results(exp_show())
     missing = [label(r) for r, e, _ in results if e is None]
+    rerun = f"`kdflow search{''.join(f' -S {g}' for g in args.grid)} --push {args.remote}` on any host runs them"
+    if len(missing) == len(results):
+        raise KdflowError(f"no recipe of the grid has a finished experiment on {args.remote} or here yet: {rerun}")
     if missing:
         print(f"rank: {len(missing)} of the grid's {len(results)} recipes have no finished experiment on "
-              f"{args.remote} or here, left out: {'; '.join(missing)} (`kdflow search --push {args.remote}` on "
-              "any host runs them)")
+              f"{args.remote} or here, left out: {'; '.join(missing)} ({rerun})")
     choose_and_apply([(r, e, None) for r, e, _ in results], distilled, args.apply, team)
