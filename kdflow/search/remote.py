@@ -33,6 +33,20 @@ def git(*args: str) -> str:
     return result.stdout
 
 
+def _shown(*command: str) -> str:
+    """Run ``command`` with its output shown as it comes (indented: training the baseline can take
+    long) and return that output; one line on failure."""
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            print(f"  {line}", end="", flush=True)
+            lines.append(line)
+    if process.returncode != 0:
+        said = [line.strip() for line in lines if line.strip()]
+        raise KdflowError(f"`{' '.join(command)}` failed: {said[-1] if said else f'exit {process.returncode}'}")
+    return "".join(lines)
+
+
 def pipeline_outputs(dvc_yaml: str | Path = DVC_YAML) -> list[str]:
     """dvc.lock and every output dvc.yaml declares (outs, metrics, plots): what `dvc repro` may change."""
     stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
@@ -97,7 +111,7 @@ class Team:
         reproduced it) and runs only what no host has run; then this host's outputs and run
         cache go to the DVC remote. Returns a line saying what `dvc repro` did."""
         subprocess.run(["dvc", "fetch", "--run-cache"], capture_output=True)  # the runs' records; may lack files
-        output = dvc("repro", "--pull")
+        output = _shown("dvc", "repro", "--pull")
         restored = re.findall(r"Stage '([\w-]+)' is cached", output)
         pulled = re.findall(r"Pulling data for stage: '([\w-]+)'", output)
         ran = re.findall(r"Running stage '([\w-]+)'", output)
