@@ -22,8 +22,6 @@ from kdflow.core import KdflowError
 from kdflow.core.paths import DVC_YAML
 from kdflow.search.queue import dvc
 
-SCALE_OUT_DOCS = "docs/scale-out.md#a-search-on-several-machines"
-
 
 def git(*args: str) -> str:
     result = subprocess.run(["git", *args], capture_output=True, text=True)
