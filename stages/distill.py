@@ -1,5 +1,6 @@
 """Stage `distill`: train `repeats` students on the augmented views, from the labels and the
-teacher's cached outputs for each view (and, for a feature method, the teacher's features at the
+teacher's cached outputs for each view, on the labelled images and any without labels (whose hard
+term is the teacher's label, kdflow.distill.objective) (and, for a feature method, the teacher's features at the
 layer it names, computed here over the same views). With `views.teacher: online` the teacher runs
 here on every batch, a fresh view of every image each epoch.
 
@@ -30,12 +31,13 @@ def main() -> None:
     from kdflow.views import cache
 
     strategy.setup(params.runtime)
-    data = load_prepared(("train", "val"))
+    data = load_prepared(("train", "val")).with_unlabeled()
     cache.check_data(data)
     from kdflow.core.io import atomic_dir, write_json
     from kdflow.core.paths import PREPARED_DIR, SOFT_TARGETS_DIR, live_dir, metrics_file, model_file, tensorboard_dir
     from kdflow.distill import methods, objective
     from kdflow.models.files import load_role, save_students
+    from kdflow.models.layers import one_teacher
     from kdflow.training import resume, students
     from kdflow.views.table import for_training
 
@@ -49,6 +51,7 @@ def main() -> None:
         with strategy.scope():
             teacher = load_role("teacher", safe_mode=params.teacher.safe_mode)
         teacher.trainable = False
+        one_teacher(teacher, f"distill.method = {params.distill.method}" if method.features else "views.teacher = online")
         inputs.append(model_file("teacher"))
     targets = cache.students_targets(data, views, online, teacher, method.features)
     shapes = objective.feature_shapes(targets, method)

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: the teacher and every repeat of the three students on the test split.
+"""Stage `evaluate`: the teacher and every repeat of the three students (four with images without
+labels: the pseudo-labelled students) on the test split.
 
 Writes metrics/evaluate.json (reproducible: accuracy, NLL, ECE before and after temperature
 scaling fitted on the validation split, per-class accuracy, fidelity to the teacher, size, the
@@ -30,7 +31,7 @@ def main() -> None:
     from kdflow.core.prepared import load_prepared
     from kdflow.core.runner import deterministic
     from kdflow.distill import methods
-    from kdflow.evaluate.comparison import GAINS, ROLES, compare, teacher_warning
+    from kdflow.evaluate.comparison import compare, gains_of, roles_of, teacher_warning
     from kdflow.evaluate.report import kd_verdict, recommendation, write_confusion_plots, write_report
 
     data = load_prepared(("val", "test"))
@@ -50,12 +51,12 @@ def main() -> None:
     write_json(metrics_file("evaluate"), result.metrics)
     write_json(timings_file("evaluate"), {"unit": "ms, median per call", **result.latency})
 
-    for role in ROLES:
+    for role in roles_of(result.metrics):
         r = result.metrics[role]
         print(f"evaluate: {role:18s} test accuracy {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
               f"(n={r['repeats']})  ECE {r['ece_mean']:.4f} -> {r['ece_calibrated_mean']:.4f} calibrated  params {r['params']}  "
               f"latency {result.latency[role]['batch_1']:.3f} ms (1 sample)")
-    for name in GAINS:
+    for name in gains_of(result.metrics):
         gain = result.metrics[name]
         ci = "" if gain["ci95_low"] is None else f", 95% CI [{gain['ci95_low']:+.4f}, {gain['ci95_high']:+.4f}]"
         print(f"evaluate: {name} {gain['mean']:+.4f}{ci}")

@@ -1,5 +1,5 @@
-"""Stage `soft_targets`: run the teacher once over every view of the training images and over
-the validation images -> data/soft_targets/ (shards)."""
+"""Stage `soft_targets`: run the teacher once over every view of the training images (with the
+images without labels, if any) and over the validation images -> data/soft_targets/ (shards)."""
 
 from kdflow.core.params import Params
 from kdflow.core.runner import run_stage
@@ -21,7 +21,7 @@ def main() -> None:
     from kdflow.core.prepared import load_prepared
 
     start = time.perf_counter()
-    data = load_prepared(("train", "val"))
+    data = load_prepared(("train", "val")).with_unlabeled()
     from kdflow.core.paths import SOFT_TARGETS_DIR
     from kdflow.core.runner import deterministic
     from kdflow.models.files import load_role

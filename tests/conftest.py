@@ -20,8 +20,8 @@ from benchmarks.common import copy_project, stages_run
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "train_plain", "export",
-              "evaluate"}
+ALL_STAGES = {"prepare", "train_teacher", "soft_targets", "distill", "train_scratch", "train_plain", "train_pseudo",
+              "export", "evaluate"}
 
 
 def minimal_params(**overrides) -> dict:
@@ -230,27 +230,35 @@ def copy_repo(repo: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def write_user_npz(repo: Path, per_class: int) -> None:
-    """``inputs/mine.npz`` in ``repo``: RGB 10x10 uint8 images of the classes ant, bee and cow
-    (string labels), class c marked by its bright column c."""
-    (repo / "inputs").mkdir(parents=True)
-    rng = np.random.default_rng(0)
+def user_images(per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """RGB 10x10 uint8 images of the classes ant, bee and cow (string labels), class c marked by
+    its bright column c."""
+    rng = np.random.default_rng(seed)
     labels = np.repeat(np.array(["ant", "bee", "cow"]), per_class)
     x = rng.integers(0, 80, size=(len(labels), 10, 10, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
         x[i, :, "abc".index(label[0])] = 255
+    return x, labels
+
+
+def write_user_npz(repo: Path, per_class: int) -> None:
+    """``inputs/mine.npz`` in ``repo``: ``user_images``."""
+    (repo / "inputs").mkdir(parents=True)
+    x, labels = user_images(per_class)
     np.savez(repo / "inputs/mine.npz", x_train=x, y_train=labels)
 
 
 def make_byo_repo(repo: Path) -> Path:
-    """A user's own data (.npz: string labels, 3 classes, RGB 10x10) and own teacher as a user
-    brings one: a legacy .h5 file, expecting pixels in [0, 255], ending in a Softmax layer,
-    tracked with `dvc add`, distilled with attention transfer (the attention maps of the teacher's
-    spatial `features` layer, which sits inside the teacher's wrapper) on cutmix views cached in
-    float16: the other code paths of every stage."""
+    """A user's own data (.npz: string labels, 3 classes, RGB 10x10) with images without labels
+    (an .npz of 45 more, and all but 8 labels per class of the training split dropped) and own
+    teacher as a user brings one: a legacy .h5 file, expecting pixels in [0, 255], ending in a
+    Softmax layer, tracked with `dvc add`, distilled with attention transfer (the attention maps
+    of the teacher's spatial `features` layer, which sits inside the teacher's wrapper) on cutmix
+    views cached in float16: the other code paths of every stage, train_pseudo's included."""
     import keras
 
     write_user_npz(repo, per_class=20)
+    np.savez(repo / "inputs/unlabeled.npz", x=user_images(15, seed=1)[0])
     # Hand-set weights: class c's score is the brightness of column c, on the 0-255 scale.
     inputs = keras.Input((10, 10, 3))
     features = keras.layers.Flatten(name="flat")(keras.layers.Activation("linear", name="features")(inputs))
@@ -262,12 +270,13 @@ def make_byo_repo(repo: Path) -> Path:
     scores.set_weights([kernel.reshape(300, 3), np.full(3, -10.0, np.float32)])
     keras.Model(inputs, probabilities).save(repo / "inputs/teacher.h5")
     make_repo(repo, commit=False,
-              data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2},
+              data={"name": "npz", "path": "inputs/mine.npz", "val_fraction": 0.2, "test_fraction": 0.2,
+                    "unlabeled": "inputs/unlabeled.npz", "labels_per_class": 8},
               teacher={"source": "file", "path": "inputs/teacher.h5", "input_range": "byte"},
               distill={"method": "at", "at": {"teacher_layer": "features", "student_layer": "relu0"}},
               train_student={"epochs": 15, "batch_size": 12},  # long enough for a student to learn (36 images)
               views={"mix": "cutmix", "cache_dtype": "float16"})
-    sh(["dvc", "add", "inputs/mine.npz", "inputs/teacher.h5"], repo)
+    sh(["dvc", "add", "inputs/mine.npz", "inputs/unlabeled.npz", "inputs/teacher.h5"], repo)
     sh(["git", "add", "-A"], repo)
     sh(["git", "commit", "-qm", "track inputs"], repo)
     return repo

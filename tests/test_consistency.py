@@ -202,14 +202,14 @@ def stages_of_folders(deps: dict[str, set[str]]) -> dict[str, list[str]]:
     return {entry: [stage for stage in STAGES if entry in deps[stage]] for entry in entries}
 
 
-TRAINING = {"train_teacher", "distill", "train_scratch", "train_plain"}
+TRAINING = {"train_teacher", "distill", "train_scratch", "train_plain", "train_pseudo"}
 # sub-package -> the only stages it may reach: a change to it can change no other stage's outputs
 MAY_REACH = {
     "kdflow/data": {"prepare"},
     "kdflow/teacher": {"train_teacher"},
     # the view kinds, mixes and the cache (the teacher's random-resized crops are the crop kind's;
     # the report lists the views' keys)
-    "kdflow/views": {"train_teacher", "soft_targets", "distill", "train_scratch", "evaluate"},
+    "kdflow/views": {"train_teacher", "soft_targets", "distill", "train_scratch", "train_pseudo", "evaluate"},
     "kdflow/training": TRAINING,
     # the KD methods: never the teacher, its cache or the scratch students (evaluate names them)
     "kdflow/distill": {"distill", "evaluate"},

@@ -333,3 +333,27 @@ def test_a_student_learns_with_attention_transfer_from_a_trained_teacher():
     flat_layer = params.distill.model_copy(update={"at": params.distill.at.model_copy(update={"teacher_layer": "dense0"})})
     with pytest.raises(KdflowError, match=r"distill.at.teacher_layer = 'dense0' gives shape \(None, 32\): attention"):
         cache.teacher_features(teacher, data, None, methods.build(flat_layer, params.temperature).features)
+
+
+def test_an_image_without_a_label_takes_the_teachers_on_every_term_and_is_left_out_of_the_accuracy(batch):
+    """NO_LABEL rows: the hard term (and alpha) read the teacher's argmax; the pseudo-labelled
+    students' objective is that hard term alone; the training accuracy counts labelled rows only."""
+    from kdflow.core.prepared import NO_LABEL
+    from kdflow.training.objective import PseudoLabels
+
+    labels, teacher, student = batch
+    unlabeled = np.arange(len(labels)) % 3 == 0
+    given = np.where(unlabeled, NO_LABEL, labels)
+    stand_in = np.where(unlabeled, teacher.argmax(axis=1), labels)
+    for alpha in (0.0, 0.3, 1.0):
+        model = model_for(distill_params(alpha=alpha, temperature=2.0))
+        loss = model.compute_loss(y=targets_for(given, teacher), y_pred=tf.constant(student, tf.float32))
+        np.testing.assert_allclose(float(loss), np.mean(np_kd_loss(stand_in, teacher, student, alpha, 2.0)), rtol=1e-4)
+    inputs = keras.Input((5,))
+    pseudo = training_model(keras.Model(inputs, keras.layers.Dense(5)(inputs)), PseudoLabels())
+    loss = pseudo.compute_loss(y=targets_for(given, teacher), y_pred=tf.constant(student, tf.float32))
+    np.testing.assert_allclose(float(loss), np.mean(hard_ce(stand_in, student)), rtol=1e-6)
+    # accuracy: a student right on every labelled row and wrong on every unlabelled one scores 1
+    predicted = np.where(unlabeled, (labels + 1) % 5, labels)
+    pseudo.compute_metrics(None, targets_for(given, teacher), tf.one_hot(predicted, 5) * 10.0)
+    assert float(pseudo.accuracy_tracker.result()) == 1.0

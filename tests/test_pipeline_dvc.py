@@ -166,6 +166,10 @@ def test_plots_report_and_evaluation_metrics(pipeline_repo, tmp_path):
                                               "teacher_clearly_better"}
     assert "Distillation **" in summary and "after temperature scaling" in summary
     assert set(json.loads((repo / "timings/evaluate.json").read_text())) == {"unit", *ROLES}
+    # no images without labels: no pseudo-labelled students, and the report does not speak of them
+    assert json.loads((repo / "metrics/train_pseudo.json").read_text()) == {"repeats": 0, "unlabeled_images": 0}
+    assert not any((repo / "models/student_pseudo_repeats").iterdir())
+    assert "student_pseudo" not in evaluate and "soft_gain" not in evaluate and "pseudo" not in summary
 
     shown = json.loads(sh(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
     assert {"val_accuracy", "learning_rate", "distill_loss_terms"} <= set(shown)
@@ -457,6 +461,21 @@ def test_own_npz_data_and_own_teacher_run_end_to_end(byo_repo):
     views_table = np.load(repo / "data/soft_targets/train_views-00000.npy")
     assert views_table.shape[-1] == 3 + 5 and np.load(repo / "data/soft_targets/train-00000.npy").dtype == np.float16
     assert "fidelity_per_repeat" in evaluate["student_distilled"] and "teacher_kl_mean" in evaluate["student_scratch"]
+    # images without labels: 8 labels per class kept, the other 12 of each class's 20 training
+    # images and the 45 of inputs/unlabeled.npz without; the teacher's cache covers all of them
+    assert meta["sizes"] == {"train": 24, "val": 12, "test": 12, "unlabeled": 81 - 24}
+    assert np.load(repo / "data/soft_targets/train-00000.npy").shape[0] == 81
+    assert "train_pseudo: mean val_accuracy" in first
+    pseudo = json.loads((repo / "metrics/train_pseudo.json").read_text())
+    assert pseudo["unlabeled_images"] == 57 and pseudo["val_accuracy_mean"] > 0.5  # they learned
+    assert evaluate["student_pseudo"]["repeats"] == 2 and evaluate["student_pseudo"]["accuracy_mean"] > 0.5
+    for gain in ("extra_images_gain", "soft_gain"):
+        assert set(evaluate[gain]) == {"mean", "std", "ci95_low", "ci95_high", "pairs"}
+    assert evaluate["soft_gain"]["mean"] == pytest.approx(
+        evaluate["student_distilled"]["accuracy_mean"] - evaluate["student_pseudo"]["accuracy_mean"], abs=1e-6)
+    summary = (repo / "reports/summary.md").read_text()
+    assert "| pseudo-labelled student (views, with the images without labels) |" in summary
+    assert "| The soft targets on top (distilled − pseudo-labelled, same images) |" in summary
 
     # New data under the same name: `dvc add` records it and the whole pipeline is out of date.
     with np.load(repo / "inputs/mine.npz") as npz:

@@ -12,7 +12,7 @@ from kdflow.search.ranking import Experiment, choose, experiments, ranked, tied
 WORKSPACE = {"alpha": 0.1, "temperature": 2.0, "distill.method": "kd", "train_student.patience": None}
 # which params change only the distilled students: as the project's dvc.yaml lists them
 DISTILLED = Distilled(ROOT / "dvc.yaml")
-KNOWN = {*WORKSPACE, "views.count", "views.mix", "distill.dkd.beta"}
+KNOWN = {*WORKSPACE, "views.count", "views.mix", "distill.dkd.beta", "data.labels_per_class", "teacher.ensemble"}
 
 
 def recipes(axes: dict, workspace: dict) -> list[dict]:
@@ -48,6 +48,11 @@ def test_the_grid_always_holds_no_distillation_once_and_refuses_unknown_params()
     assert recipes({"distill.method": ["dkd"]}, WORKSPACE)[0] == NO_DISTILLATION
     with pytest.raises(KdflowError, match="-S alpah: no such param"):
         recipes({"alpah": [0.5]}, WORKSPACE)
+    # How many labels there are is data, not a recipe; an ensemble's average is a recipe (of the teacher)
+    with pytest.raises(KdflowError, match="^-S data.labels_per_class: the data is not a recipe"):
+        recipes({"data.labels_per_class": [10, 50]}, {**WORKSPACE, "data.labels_per_class": None})
+    assert recipes({"teacher.ensemble": ["logits"]}, {**WORKSPACE, "teacher.ensemble": "probabilities"})[-1] == {
+        "teacher.ensemble": "logits"}
     for bad in ("alpha", "alpha=", "=0.5"):
         with pytest.raises(KdflowError, match="expected key=value"):
             parse_grid([bad])

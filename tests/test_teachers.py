@@ -507,3 +507,60 @@ def test_an_accurate_but_flat_teacher_is_stopped_with_what_was_seen(data, in_tmp
                                           r"probability 0.3\d with inputs in \[0, 1\] \(chance 0.33\): check its input "
                                           r"range \(teacher.input_range\) and whether a temperature is baked into"):
         import_teacher(in_tmp / "hot.keras", data)
+
+
+def test_a_folder_of_teacher_files_is_an_ensemble_of_its_members_in_any_format(data, in_tmp):
+    """teacher.path naming a folder of teachers (a .keras file, an .h5 file, a SavedModel): each
+    member imported and checked as one teacher is, saved as one model whose logits are the log of
+    the members' mean probabilities (or their mean logits); the students' stages refuse to run it."""
+    from kdflow.models.layers import ensemble_members, one_teacher
+    from kdflow.models.logits import predict_logits
+    from kdflow.teacher import ensemble
+
+    folder = in_tmp / "teachers"
+    folder.mkdir()
+    FORMS["keras, Softmax layer"](folder)
+    logits_net().save(folder / "u.h5")
+    FORMS["SavedModel from model.export"](folder)
+    files = ensemble.member_files(str(folder))
+    assert [f.name for f in files] == ["exported", "t.keras", "u.h5"]
+    assert ensemble.member_files(str(folder / "exported")) is None  # a SavedModel folder is one teacher
+    params = validated(teacher={"source": "file", "path": str(folder), "arch": "repo_teacher"})
+    x = data.xy("test")[0]
+    single = [teachers.import_file(params.teacher.model_copy(update={"path": str(f)}), params.seed, data,
+                                   log=printed.append)[0] for f in files]
+    singles = np.stack([predict_logits(m, x) for m in single]).astype(np.float64)
+    for average, expected in (("probabilities", np.log(softmax(singles, axis=-1).mean(axis=0))),
+                              ("logits", singles.mean(axis=0))):
+        model, summary = ensemble.build(len(files), lambda i: teachers.import_file(
+            params.teacher.model_copy(update={"path": str(files[i])}), params.seed, data, log=printed.append),
+            average, data, log=printed.append)
+        assert summary["val_accuracy"] == 1.0 and [m["val_accuracy"] for m in summary["members"]] == [1.0] * 3
+        artifacts.save_model(in_tmp / "teacher.keras", model)
+        loaded = artifacts.load_model(in_tmp / "teacher.keras", produced_by="train_teacher")  # safe_mode on
+        np.testing.assert_allclose(predict_logits(loaded, x), expected, atol=1e-4)
+        assert [m.name for m in ensemble_members(loaded)] == ["member_0", "member_1", "member_2"]
+    with pytest.raises(KdflowError, match="^views.teacher = online runs the teacher in the students' stage, and "
+                                          "it is an ensemble of 3"):
+        one_teacher(loaded, "views.teacher = online")
+    one_teacher(single[0], "views.teacher = online")  # one teacher: nothing to refuse
+    with pytest.raises(KdflowError, match="teacher: members = 2 applies to trained teachers"):
+        validated(teacher={"source": "file", "path": str(folder), "members": 2})
+
+
+def test_trained_members_are_the_teachers_of_seeds_seed_plus_i(data):
+    from kdflow.models.logits import predict_logits
+    from kdflow.teacher import ensemble, train
+
+    params = validated(teacher={"arch": "spec", "spec": {"conv_filters": [4], "dense_units": [16]}, "members": 2},
+                       train_teacher={"epochs": 8, "batch_size": 16, "learning_rate": 0.01, "patience": None,
+                                      "augment": {"shift": 0.0}})
+    model, summary = ensemble.build(2, lambda i: train.train(params.teacher, params.train_teacher, params.seed + i,
+                                                             data), "probabilities", data, log=printed.append)
+    x, y = data.xy("test")
+    members = [train.train(params.teacher, params.train_teacher, params.seed + i, data)[0] for i in range(2)]
+    for i, member in enumerate(members):
+        assert np.mean(predict_logits(member, x).argmax(axis=1) == y) > 0.6  # learned (3 classes)
+        np.testing.assert_array_equal(predict_logits(member, x), predict_logits(model.get_layer(f"member_{i}"), x))
+    assert not np.array_equal(members[0].get_weights()[0], members[1].get_weights()[0])
+    assert summary["val_accuracy"] > 0.6

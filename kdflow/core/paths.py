@@ -31,7 +31,7 @@ SELECTION_DIR = Path("selection")
 
 # role -> the stage that writes it (named in "run `dvc repro <stage>`" messages)
 MODEL_ROLES = {"teacher": "train_teacher", "student_distilled": "distill", "student_scratch": "train_scratch",
-               "student_plain": "train_plain"}
+               "student_plain": "train_plain", "student_pseudo": "train_pseudo"}
 
 
 def metrics_file(stage: str) -> Path:

@@ -16,6 +16,14 @@ from kdflow.core.paths import PREPARED_DIR, PREPARED_META
 from kdflow.core.shards import RowBlocks, ShardedArray, as_bytes
 
 SPLITS = ("train", "val", "test")
+# The images without labels (data.unlabeled, data.labels_per_class): x shards only, used by the
+# students that learn from the teacher alone on them. Their label in a training set is NO_LABEL.
+UNLABELED = "unlabeled"
+UNLABELED_IMAGES = f"x_{UNLABELED}"
+NO_LABEL = -1
+# The name of the teacher's logits among a student's targets, from its cache (kdflow.views.cache)
+# to the loss (kdflow.training.objective: the teacher's labels; kdflow.distill: the soft term).
+TEACHER_LOGITS = "teacher_logits"
 
 
 def content_hash(arrays: Mapping[str, np.ndarray | RowBlocks]) -> str:
@@ -48,6 +56,23 @@ class Prepared:
     def dataset(self) -> str:
         """The data.name it was prepared from."""
         return str(self.meta["dataset"])
+
+    @property
+    def unlabeled_count(self) -> int:
+        return int(self.meta["sizes"].get(UNLABELED, 0))
+
+    def with_unlabeled(self) -> "Prepared":
+        """The same data whose training split is the labelled images followed by the images
+        without labels (label NO_LABEL), read from disk as one array: what the teacher's cache
+        covers and the distilled and pseudo-labelled students train on. Itself without any."""
+        if not self.unlabeled_count:
+            return self
+        x, y = self.xy("train")
+        extra = ShardedArray(PREPARED_DIR / UNLABELED, "x", pixels=True)
+        joined = ShardedArray.joined(x, extra)
+        labels = np.concatenate([y, np.full(len(extra), NO_LABEL, dtype=y.dtype)])
+        sizes = {**self.meta["sizes"], "train": len(labels), UNLABELED: 0}
+        return Prepared({**self.meta, "sizes": sizes}, {**self.arrays, "x_train": joined, "y_train": labels})
 
     @property
     def class_names(self) -> list[str]:

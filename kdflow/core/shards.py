@@ -115,6 +115,18 @@ class ShardedArray:
         # read_as: the rows' dtype as read (float16 cached logits read as float32)
         self.dtype = np.dtype(np.float32) if pixels else np.dtype(read_as or self._shards[0].dtype)
 
+    @classmethod
+    def joined(cls, first: "ShardedArray", second: "ShardedArray") -> "ShardedArray":
+        """The rows of ``first`` then those of ``second`` (rows of one shape) as one array, still on disk."""
+        if first.shape[1:] != second.shape[1:] or first.pixels != second.pixels:
+            raise KdflowError(f"cannot join rows of shape {first.shape[1:]} and {second.shape[1:]}")
+        joined = cls.__new__(cls)
+        joined._shards = first._shards + second._shards
+        joined.pixels, joined.release_pages, joined.dtype = first.pixels, first.release_pages, first.dtype
+        joined._starts = np.cumsum([0] + [len(s) for s in joined._shards])
+        joined.shape = (int(joined._starts[-1]), *first.shape[1:])
+        return joined
+
     def __len__(self) -> int:
         return self.shape[0]
 

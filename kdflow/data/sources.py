@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -139,9 +139,6 @@ def _load_npz(data: DataParams) -> RawData:
 
 
 def _load_image_dir(data: DataParams) -> RawData:
-    import keras
-    import tensorflow as tf
-
     path = Path(data.path)
     where = f"data.path = {path}"
     if not path.is_dir():
@@ -152,42 +149,56 @@ def _load_image_dir(data: DataParams) -> RawData:
     for d in class_dirs:
         if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()):
             raise KdflowError(f"{where}: class folder '{d.name}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    x, labels, class_names = _read_folder(path, where, tuple(data.image_size), data.color_mode, labelled=True)
+    return encode_labels(RawData(x, np.asarray(class_names)[labels]), where)
+
+
+def _read_folder(path: Path, where: str, image_size: tuple[int, int], color_mode: str,
+                 labelled: bool) -> tuple[ShardedArray, np.ndarray | None, list[str]]:
+    """The images of a folder, resized and scaled to [0, 1], read IMAGE_BLOCK at a time into
+    scratch shards; ``labelled``: class sub-folders (their ids per image, their names), else
+    every image under the folder, in any layout."""
+    import keras
+    import tensorflow as tf
+
     try:
         dataset = keras.utils.image_dataset_from_directory(
-            path, labels="inferred", label_mode="int", color_mode=data.color_mode,
-            image_size=tuple(data.image_size), shuffle=False, batch_size=None, verbose=False)
+            path, labels="inferred" if labelled else None, label_mode="int" if labelled else None,
+            color_mode=color_mode, image_size=image_size, shuffle=False, batch_size=None, verbose=False)
         labels = []
 
         def blocks():
-            for images, block_labels in dataset.batch(IMAGE_BLOCK).as_numpy_iterator():
-                labels.append(block_labels)
+            for block in dataset.batch(IMAGE_BLOCK).as_numpy_iterator():
+                images = block
+                if labelled:
+                    images, block_labels = block
+                    labels.append(block_labels)
                 yield images / 255.0  # float32 (NumPy keeps the array's type)
-        channels = 1 if data.color_mode == "grayscale" else 3
-        rows = RowBlocks((len(dataset.file_paths), *data.image_size, channels), np.dtype(np.float32), blocks)
+        channels = 1 if color_mode == "grayscale" else 3
+        rows = RowBlocks((len(dataset.file_paths), *image_size, channels), np.dtype(np.float32), blocks)
         SCRATCH_DIR.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="image_dir-", dir=SCRATCH_DIR))
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # read by prepare, then not needed
         write_shards(scratch, "x", rows)
     except (tf.errors.InvalidArgumentError, ValueError) as exc:
-        bad = _first_unreadable_image(class_dirs)
+        bad = _first_unreadable_image(path)
         detail = f"{bad} is not a readable image" if bad else str(exc).strip().splitlines()[0][:200]
         raise KdflowError(f"{where}: {detail}") from None
-    names = np.asarray(dataset.class_names)
-    return encode_labels(RawData(ShardedArray(scratch, "x"), names[np.concatenate(labels)]), where)
+    names = list(dataset.class_names) if labelled else []
+    return ShardedArray(scratch, "x"), (np.concatenate(labels) if labelled else None), names
 
 
-def _first_unreadable_image(class_dirs: list[Path]) -> Path | None:
+def _first_unreadable_image(folder: Path) -> Path | None:
     """Name the file TensorFlow choked on (its own error does not say which one)."""
     from PIL import Image
 
-    for d in class_dirs:
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    with Image.open(f) as image:
-                        image.load()
-                except Exception:  # PIL raises many types for a damaged file
-                    return f
+    for f in sorted(folder.rglob("*")):
+        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+            try:
+                with Image.open(f) as image:
+                    image.load()
+            except Exception:  # PIL raises many types for a damaged file
+                return f
     return None
 
 
@@ -212,6 +223,43 @@ def encode_labels(raw: RawData, where: str) -> RawData:
             raise KdflowError(f"{where}: y_test has labels not in y_train: {unseen[:5]}")
         y_test = np.searchsorted(classes, raw.y_test).astype(np.int64)
     return RawData(raw.x, ids.astype(np.int64), raw.x_test, y_test, tuple(str(c) for c in classes))
+
+
+UNLABELED_KEY = "x"  # the array of a data.unlabeled .npz file
+
+
+def load_unlabeled(path: str, input_shape: tuple[int, ...]) -> np.ndarray | ShardedArray:
+    """The images at data.unlabeled: an .npz file's ``x`` (images of exactly the data's shape),
+    or every image under a folder in any layout (class sub-folders, if any, mean nothing),
+    resized to the data's height and width in its colour mode; scaled to [0, 1] like the data."""
+    where = f"data.unlabeled = {path}"
+    source = Path(path)
+    if source.is_dir():
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in source.rglob("*")):
+            raise KdflowError(f"{where}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        if input_shape[-1] not in (1, 3):
+            raise KdflowError(f"{where}: the data has {input_shape[-1]} channels; a folder of images gives 1 or 3: "
+                              "give an .npz file with x instead")
+        color_mode = "grayscale" if input_shape[-1] == 1 else "rgb"
+        return _read_folder(source, where, tuple(input_shape[:2]), color_mode, labelled=False)[0]
+    if not source.is_file():
+        raise KdflowError(f"{where}: no such file or folder")
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            if UNLABELED_KEY not in npz.files:
+                raise KdflowError(f"{where}: no array '{UNLABELED_KEY}' (has: {', '.join(sorted(npz.files)) or 'none'})")
+            x = npz[UNLABELED_KEY]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise KdflowError(f"{where}: holds pickled Python objects, refused (loading them can run code)") from None
+        raise KdflowError(f"{where}: not a readable .npz ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise KdflowError(f"{where}: not a readable .npz, truncated or corrupt? ({type(exc).__name__})") from None
+    images = _images_from_array(x, UNLABELED_KEY, where)
+    if images.shape[1:] != tuple(input_shape):
+        raise KdflowError(f"{where}: images of shape {images.shape[1:]}, the data's are {tuple(input_shape)}: "
+                          "give images of the same size and colour mode")
+    return images
 
 
 # ---- the registry and the `data` section ------------------------------------------------------
@@ -240,6 +288,13 @@ class DataParams(Section):
     color_mode: Literal["rgb", "grayscale"] = "rgb"
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    # Images without labels, for the distilled and pseudo-labelled students only: an .npz file with
+    # `x`, or a folder of images in any layout. A DVC dependency of prepare, so the default is the
+    # placeholder folder, which means none.
+    unlabeled: str = INPUTS_DIR
+    # Keep this many labels per class of the training split (seeded, stratified); the other
+    # training images join the unlabelled ones. null = keep every label.
+    labels_per_class: Optional[int] = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "DataParams":
@@ -252,6 +307,10 @@ class DataParams(Section):
         if reads and self.path == INPUTS_DIR:
             raise ValueError(f"name '{self.name}' reads data.path: set it to {reads}")
         return self
+
+    @property
+    def has_unlabeled_path(self) -> bool:
+        return self.unlabeled.rstrip("/") != INPUTS_DIR
 
 
 def load(data: DataParams) -> RawData:

@@ -5,6 +5,14 @@
 
 The targets of every batch add ``teacher_logits`` (the teacher's cached logits for exactly the
 view the student sees, kdflow.views.cache) and, for a feature method, each feature's teacher side.
+
+An image without a label (data.unlabeled, data.labels_per_class: label NO_LABEL) takes the
+teacher's label for the view the student sees, its argmax, wherever the loss reads a label (the
+hard term, a method's target class, a mixed view's label): alpha then runs from the soft targets
+alone (0) to pseudo-labels alone (1) on those images, and weighs the labels as before on the
+others (kdflow.training.objective.teacher_targets; its ``PseudoLabels`` is that hard term alone,
+the pseudo-labelled students' objective, outside the KD methods' package so that editing a method
+never retrains that baseline).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import tensorflow as tf
 
 from kdflow.core import KdflowError
 from kdflow.distill.methods import Method, Seen
-from kdflow.training.objective import LABELS, Objective, label_ce
+from kdflow.training.objective import LABELS, Objective, label_ce, teacher_targets
 from kdflow.views.cache import TEACHER_LOGITS, feature_target
 
 
@@ -41,9 +49,7 @@ class Distillation(Objective):
         return ("hard_ce", *self.method.names)
 
     def targets(self, x, y: dict) -> dict:
-        if self.teacher is None or TEACHER_LOGITS in y:  # cached (validation's always are)
-            return y
-        return {**y, TEACHER_LOGITS: tf.stop_gradient(tf.cast(self.teacher(x, training=False), tf.float32))}
+        return teacher_targets(self.teacher, x, y)
 
     def per_sample(self, y: dict, y_pred, track) -> tf.Tensor:
         features = self.method.features

@@ -1,6 +1,9 @@
 """The `evaluate` stage's work: the teacher and the three kinds of students on the test split,
 and the three paired comparisons between the students: distillation beyond augmentation
 (``kd_gain``, the headline), augmentation alone (``augment_gain``), both (``combined_gain``).
+With images without labels, a fourth kind, the pseudo-labelled students, splits the KD gain in
+two: what the extra images give under the teacher's hard labels (``extra_images_gain``) and
+what the soft targets add on top (``soft_gain``).
 Each model also gets its validation accuracy (the teacher check) and a temperature fitted on
 the validation split (kdflow.models.logits), with test NLL and ECE before and after it.
 
@@ -17,19 +20,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdflow.core.paths import model_file, repeat_file
+from kdflow.core.paths import model_file, repeat_file, repeats_dir
 from kdflow.core.prepared import Prepared
 from kdflow.evaluate.metrics import evaluate_logits, gap_closed, inference_latency_ms, paired_gain, summarize_repeats
 from kdflow.models.files import load_role, load_students
+from kdflow.models.layers import ensemble_members
 from kdflow.models.logits import fit_temperature, predict_logits
 
 ROLES = ("teacher", "student_distilled", "student_scratch", "student_plain")
+# with images without labels: the students trained on them under the teacher's hard labels
+PSEUDO = "student_pseudo"
 # name -> (better, baseline): each a paired comparison over the repeats' seeds
 GAINS = {
     "kd_gain": ("student_distilled", "student_scratch"),       # what the teacher adds on the same views
     "augment_gain": ("student_scratch", "student_plain"),      # what the views alone add
     "combined_gain": ("student_distilled", "student_plain"),   # both together
 }
+# ... and with the pseudo-labelled students, the two parts of the KD gain
+UNLABELED_GAINS = {
+    "extra_images_gain": (PSEUDO, "student_scratch"),          # the images without labels, under the teacher's labels
+    "soft_gain": ("student_distilled", PSEUDO),                # what the soft targets add on top
+}
+
+
+def roles_of(metrics: dict) -> tuple[str, ...]:
+    """The models a comparison holds: ROLES, and PSEUDO when there were images without labels."""
+    return ROLES + ((PSEUDO,) if PSEUDO in metrics else ())
+
+
+def gains_of(metrics: dict) -> dict[str, tuple[str, str]]:
+    return {**GAINS, **(UNLABELED_GAINS if PSEUDO in metrics else {})}
 
 
 @dataclass
@@ -62,11 +82,17 @@ def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: boo
     teacher = load_role("teacher", safe_mode=teacher_safe_mode)
     teacher_result, teacher_logits = _evaluate(teacher, data)
     metrics = {"teacher": summarize_repeats([teacher_result])}
+    members = ensemble_members(teacher)
+    if len(members) > 1:  # each member's test accuracy beside the ensemble's
+        metrics["teacher"]["members_accuracy"] = [
+            round(float(np.mean(predict_logits(member, x).argmax(axis=1) == y)), 6) for member in members]
     models = {"teacher": teacher}
     predictions = {"teacher": teacher_logits}
     files = {"teacher": model_file("teacher")}
     accuracies, val_accuracies = {}, {}
-    for role in ROLES[1:]:
+    pseudo = any(repeats_dir(PSEUDO).glob("*.keras"))  # train_pseudo trains none without images without labels
+    roles = ROLES + ((PSEUDO,) if pseudo else ())
+    for role in roles[1:]:
         per_repeat = []
         for i, student in enumerate(load_students(role)):
             result, logits = _evaluate(student, data, teacher_logits)
@@ -77,15 +103,18 @@ def compare(data: Prepared, measure_latency: bool = True, teacher_safe_mode: boo
         accuracies[role] = [m["accuracy"] for m in per_repeat]
         val_accuracies[role] = [m["val_accuracy"] for m in per_repeat]
         files[role] = repeat_file(role, 0)
-    for role in ROLES:
+    for role in roles:
         metrics[role]["params"] = int(models[role].count_params())
         metrics[role]["size_bytes"] = files[role].stat().st_size
 
-    for name, (better, baseline) in GAINS.items():
+    for name, (better, baseline) in gains_of(metrics).items():
         metrics[name] = paired_gain(accuracies[better], accuracies[baseline])
     metrics["teacher_check"] = teacher_check(teacher_result["val_accuracy"], val_accuracies["student_scratch"])
     metrics["gap_closed"] = gap_closed(metrics["kd_gain"]["mean"], metrics["teacher"]["accuracy"],
                                        accuracies["student_scratch"])
+    if pseudo:  # the pseudo-labelled students' share of the same gap
+        metrics["gap_closed_pseudo"] = gap_closed(metrics["extra_images_gain"]["mean"],
+                                                  metrics["teacher"]["accuracy"], accuracies["student_scratch"])
     student = metrics["student_distilled"]
     metrics["compression"] = {
         "param_ratio": _ratio(metrics["teacher"]["params"], student["params"]),

@@ -13,14 +13,17 @@ import numpy as np
 
 from kdflow.core.io import atomic_dir
 from kdflow.core.paths import REPORTS_DIR, live_dir
-from kdflow.evaluate.comparison import ROLES, Comparison, teacher_warning
+from kdflow.evaluate.comparison import PSEUDO, ROLES, Comparison, gains_of, roles_of, teacher_warning
 from kdflow.evaluate.metrics import calibration_bins
 
 TITLES = {"teacher": "teacher", "student_distilled": "distilled student (views)",
-          "student_scratch": "scratch student (views)", "student_plain": "plain scratch student (no augmentation)"}
+          "student_scratch": "scratch student (views)", "student_plain": "plain scratch student (no augmentation)",
+          PSEUDO: "pseudo-labelled student (views, with the images without labels)"}
 GAIN_TITLES = {"kd_gain": "KD gain (distilled − scratch, both on the views)",
                "augment_gain": "Augmentation alone (scratch on the views − plain scratch)",
-               "combined_gain": "Both together (distilled on the views − plain scratch)"}
+               "combined_gain": "Both together (distilled on the views − plain scratch)",
+               "extra_images_gain": "The images without labels, under the teacher's labels (pseudo-labelled − scratch)",
+               "soft_gain": "The soft targets on top (distilled − pseudo-labelled, same images)"}
 
 
 def write_confusion_plots(comparison: Comparison, class_names: list[str], directory: Path = live_dir("evaluate")) -> None:
@@ -44,7 +47,7 @@ def write_report(comparison: Comparison, key_params: dict[str, Any], with_featur
     with atomic_dir(directory) as staging:
         (staging / "figures").mkdir()
         _reliability_figure(comparison, staging / "figures" / "reliability.png")
-        for role in ROLES:
+        for role in roles_of(comparison.metrics):
             _confusion_figure(comparison, role, class_names, staging / "figures" / f"confusion_{role}.png")
         (staging / "summary.md").write_text(summary_markdown(comparison, key_params, with_features, deployment))
 
@@ -73,14 +76,15 @@ def summary_markdown(comparison: Comparison, key_params: dict[str, Any], with_fe
     teacher's features."""
     m = comparison.metrics
     rows = []
-    for role in ROLES:
+    roles = roles_of(m)
+    for role in roles:
         r = m[role]
         acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if r["repeats"] > 1 else f"{r['accuracy']:.4f}"
         rows.append(f"| {TITLES[role]} | {acc} | {r['repeats']} | {r['loss_mean']:.4f} → {r['loss_calibrated_mean']:.4f} | "
                     f"{r['ece_mean']:.4f} → {r['ece_calibrated_mean']:.4f} | {r['temperature']:.3f} | "
                     f"{r['params']:,} | {_fmt_size(r['size_bytes'])} |")
-    fidelity_rows = [_fidelity_row(role, m[role]) for role in ROLES[1:]]
-    gains = [f"| {GAIN_TITLES[name]} | {_gain_text(m[name])} |" for name in GAIN_TITLES]
+    fidelity_rows = [_fidelity_row(role, m[role]) for role in roles[1:]]
+    gains = [f"| {GAIN_TITLES[name]} | {_gain_text(m[name])} |" for name in gains_of(m)]
     gap = _gap_text(m)
     warning = teacher_warning(m["teacher_check"])
     c = m["compression"]
@@ -110,6 +114,9 @@ def summary_markdown(comparison: Comparison, key_params: dict[str, Any], with_fe
         "|---|---|---|---|",
         *fidelity_rows,
         "",
+        *([f"The teacher is an ensemble of {len(m['teacher']['members_accuracy'])}: its members' test accuracy "
+           + ", ".join(f"{a:.4f}" for a in m["teacher"]["members_accuracy"])
+           + f"; the ensemble's {m['teacher']['accuracy']:.4f}.", ""] if "members_accuracy" in m["teacher"] else []),
         f"**Which to use on this data**: {recommendation(m)}",
         "",
         *(["`views.count` is 0: no student is augmented, so the scratch and the plain students are the "
@@ -130,7 +137,7 @@ def summary_markdown(comparison: Comparison, key_params: dict[str, Any], with_fe
         *(deployment_markdown(deployment) if deployment else []),
         "![reliability diagram](figures/reliability.png)",
         "",
-        *[f"![confusion matrix, {TITLES[role]}](figures/confusion_{role}.png)" for role in ROLES],
+        *[f"![confusion matrix, {TITLES[role]}](figures/confusion_{role}.png)" for role in roles],
         "",
     ]
     return "\n".join(lines)
@@ -144,7 +151,9 @@ def _fidelity_row(role: str, r: dict) -> str:
 def _gap_text(m: dict) -> str:
     """gap_closed in words; when it is undefined, why."""
     if m["gap_closed"] is not None:
-        return f"{m['gap_closed'] * 100:.0f}% of the teacher–scratch gap (views)"
+        pseudo = m.get("gap_closed_pseudo")
+        return (f"{m['gap_closed'] * 100:.0f}% of the teacher–scratch gap (views)"
+                + ("" if pseudo is None else f"; by the pseudo-labelled students, {pseudo * 100:.0f}%"))
     teacher, scratch = m["teacher"]["accuracy"], m["student_scratch"]["accuracy_mean"]
     if teacher <= scratch:
         return (f"undefined: the teacher ({teacher:.4f}) is not more accurate than the scratch students ({scratch:.4f}) "
@@ -192,8 +201,33 @@ def kd_verdict(m: dict, alpha: float, with_features: bool = False) -> str:
     return f"Distillation had **no demonstrated effect**: {text}{because}."
 
 
+def _unlabeled_recommendation(m: dict) -> str | None:
+    """With images without labels: soft targets, pseudo-labels, or neither? None when neither
+    student that uses them shows a gain (the usual answer then applies)."""
+    if PSEUDO not in m:
+        return None
+    extra, soft, kd = (_shows(m[name]) for name in ("extra_images_gain", "soft_gain", "kd_gain"))
+    if soft == "up":
+        return ("**distill with the images without labels**: the soft targets add accuracy beyond the teacher's "
+                "hard labels on the same images (distilled − pseudo-labelled CI above zero)"
+                + (", and the distilled students beat the scratch students (KD gain CI above zero)." if kd == "up"
+                   else "."))
+    if extra == "up" and soft == "down":
+        return ("**pseudo-label the images without labels** (`alpha: 1`): the teacher's hard labels on them beat the "
+                "scratch students (CI above zero), and the soft targets cost accuracy on top (CI below zero).")
+    if extra == "up" or kd == "up":
+        return ("**use the images without labels**: " + ("the pseudo-labelled" if extra == "up" else "the distilled")
+                + " students beat the scratch students (CI above zero); the soft targets add nothing the repeats "
+                "can tell from noise beyond the teacher's hard labels, so pseudo-labels (`alpha: 1`) are the simpler "
+                "choice; the recipe search chooses alpha on validation.")
+    return None
+
+
 def recommendation(m: dict) -> str:
-    """The plain answer to "distill, augment, or both?" from the three paired comparisons."""
+    """The plain answer to "distill, augment, or both?" from the three paired comparisons (and,
+    with images without labels, "soft targets or pseudo-labels?" first)."""
+    if (unlabeled := _unlabeled_recommendation(m)) is not None:
+        return unlabeled
     kd, augment, both = (_shows(m[name]) for name in ("kd_gain", "augment_gain", "combined_gain"))
     if augment == "down" and both != "up":
         return ("**no views: train on the images as they are** (`views.count: 0`, or a smaller `views.shift`): on "

@@ -29,10 +29,16 @@ def save_model(path: str | Path, model: Any) -> None:
 
     from kdflow.models.layers import SavedModelTeacher
 
+    def layers(of) -> Iterable[Any]:  # an ensemble's members are models inside the model
+        for layer in of.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from layers(layer)
+
     clean = model
     # An imported SavedModel teacher's wrapper is a plain functional model already, and its
     # graph cannot be rebuilt from a config (it travels as the layer's assets).
-    if not any(isinstance(layer, SavedModelTeacher) for layer in model.layers):
+    if not any(isinstance(layer, SavedModelTeacher) for layer in layers(model)):
         # from_config of the plain Model class: a functional model, whatever class trained it.
         clean = keras.Model.from_config(float32_config(model.get_config()))
         clean.set_weights(model.get_weights())
@@ -121,16 +127,18 @@ def plain_copy(model: Any) -> Any:
     return copy
 
 
-def save_students(role: str, students: Iterable[tuple[Any, dict]]) -> dict:
+def save_students(role: str, students: Iterable[tuple[Any, dict]], ships: bool = True) -> dict:
     """Save every repeat to ``models/<role>_repeats/repeat_<i>.keras`` (swapped in as a whole
-    when all are trained) and repeat 0 to ``models/<role>.keras``; return the metrics summary."""
+    when all are trained) and, for a student that ``ships``, repeat 0 to ``models/<role>.keras``;
+    return the metrics summary."""
     summaries = {}
     with atomic_dir(repeats_dir(role)) as staging:
         for i, (model, summary) in enumerate(students):
             save_model(staging / repeat_file(role, i).name, model)
             summaries[f"repeat_{i}"] = summary
-        with atomic_path(model_file(role)) as tmp:
-            shutil.copyfile(staging / repeat_file(role, 0).name, tmp)
+        if ships:
+            with atomic_path(model_file(role)) as tmp:
+                shutil.copyfile(staging / repeat_file(role, 0).name, tmp)
     val_acc = [s["val_accuracy"] for s in summaries.values()]
     return {**summaries, "val_accuracy_mean": round(float(np.mean(val_acc)), 6)}
 

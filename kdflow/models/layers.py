@@ -1,5 +1,6 @@
 """The Keras layers of an imported teacher's wrapper that Keras has no layer for: its outputs
-made logits in the data's class order, and a SavedModel graph carried inside the ``.keras`` file.
+made logits in the data's class order, and a SavedModel graph carried inside the ``.keras`` file;
+and the layer that makes an ensemble of teachers one teacher.
 
 They are registered with Keras (package ``kdflow``), so ``models/teacher.keras`` loads with
 safe_mode on wherever this module is imported (kdflow.models.files imports it before loading).
@@ -98,3 +99,46 @@ class SavedModelTeacher(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "signature": self.signature, "input_key": self.input_key,
                 "output_key": self.output_key, "feed_dtype": self.feed_dtype, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="kdflow")
+class EnsembleLogits(keras.layers.Layer):
+    """The members' logits as one teacher's: with ``average`` "probabilities", the log of their
+    mean probabilities (Hinton et al. 2015's ensemble target; softmax gives back that mean);
+    with "logits", their mean logits (a geometric mean of the distributions)."""
+
+    def __init__(self, average: str = "probabilities", **kwargs):
+        super().__init__(**kwargs)
+        if average not in ("probabilities", "logits"):
+            raise ValueError(f"average = {average!r}: probabilities | logits")
+        self.average = average
+
+    def call(self, members):
+        stacked = keras.ops.stack([keras.ops.cast(m, "float32") for m in members], axis=0)
+        if self.average == "logits":
+            return keras.ops.mean(stacked, axis=0)
+        log_probabilities = keras.ops.log_softmax(stacked, axis=-1)
+        return keras.ops.logsumexp(log_probabilities, axis=0) - float(np.log(len(members)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "average": self.average}
+
+
+def ensemble_members(teacher: keras.Model) -> list[keras.Model]:
+    """The members of an ensemble teacher (kdflow.teacher.ensemble), in order; [teacher] for one."""
+    if not teacher.layers or not isinstance(teacher.layers[-1], EnsembleLogits):
+        return [teacher]
+    return [layer for layer in teacher.layers if isinstance(layer, keras.Model)]
+
+
+def one_teacher(teacher: keras.Model, why: str) -> None:
+    """Refuse an ensemble where the students' stage would run the teacher (``why``: what runs it)."""
+    from kdflow.core import KdflowError
+
+    count = len(ensemble_members(teacher))
+    if count > 1:
+        raise KdflowError(f"{why} runs the teacher in the students' stage, and it is an ensemble of {count}: "
+                          "that takes one teacher (an ensemble's cost stays in soft_targets)")

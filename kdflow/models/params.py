@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdflow.core.paths import INPUTS_DIR
 from kdflow.models.input_range import InputRange, parse_input_range
@@ -69,6 +69,11 @@ class TeacherParams(ModelParams):
     # SavedModel directory) is the teacher.
     source: Literal["train", "file"] = "train"
     path: str = INPUTS_DIR
+    # An ensemble: train this many members from arch, member i with seed + i (source: train), or
+    # give a folder of teacher files as path (source: file). How their outputs make one teacher's:
+    # the mean of their probabilities, or of their logits.
+    members: int = Field(1, ge=1)
+    ensemble: Literal["probabilities", "logits"] = "probabilities"
     # Keras safe_mode refuses model files that carry code (Lambda layers), and SavedModel graphs
     # that read or write files. Turn it off only for a file you trust as you would a script.
     safe_mode: bool = True
@@ -92,6 +97,9 @@ class TeacherParams(ModelParams):
 
     @model_validator(mode="after")
     def _file_settings(self) -> "TeacherParams":
+        if self.source == "file" and self.members != 1:
+            raise ValueError(f"members = {self.members} applies to trained teachers (source: train); an ensemble "
+                             "from files is a folder of them as path")
         if self.source == "file" and self.path.rstrip("/") == INPUTS_DIR:
             raise ValueError("source 'file' reads teacher.path: set it to a .keras or .h5 model file or a "
                              "SavedModel directory")

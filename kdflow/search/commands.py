@@ -97,6 +97,10 @@ def choose_and_apply(results: list[tuple[dict, Experiment | None, str | None]], 
               f"then the recipes within {'it' if len(settings) == 1 else 'them'} by their paired validation KD gain")
     print(f"search: best on validation: {label(recipe)} (experiment {best.name}), val KD gain "
           f"{gain['mean'] * 100:+.2f} points; table and plot in {SELECTION_DIR}/")
+    if gain["mean"] < 0:  # only with images without labels: alpha = 1 is then the pseudo-labelled students
+        print("search: WARNING: no recipe beat the scratch students on validation, pseudo-labels (alpha = 1) "
+              "included: the images without labels did not help here; the scratch students "
+              "(models/student_scratch.keras) are the better students")
     if not apply:
         return
     if best.baseline:

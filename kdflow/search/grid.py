@@ -19,9 +19,9 @@ from kdflow.core.paths import DVC_YAML, PARAMS_FILE
 DEFAULT_GRID = {"views.count": [0, "<workspace>"], "views.mix": ["none", "mixup", "cutmix"],
                 "alpha": [0.1, 0.5], "temperature": [2.0, 4.0]}
 NO_DISTILLATION = {"alpha": 1.0, "distill.method": "kd"}
-# The stages whose outputs the paired baseline (the teacher, its cache, the scratch and plain
-# students) comes from: a param none of them reads changes only the distilled students.
-BASELINE_STAGES = ("prepare", "train_teacher", "soft_targets", "train_scratch", "train_plain")
+# The stages whose outputs the paired baseline (the teacher, its cache, the scratch, plain and
+# pseudo-labelled students) comes from: a param none of them reads changes only the distilled students.
+BASELINE_STAGES = ("prepare", "train_teacher", "soft_targets", "train_scratch", "train_plain", "train_pseudo")
 
 
 def default_grid(workspace: dict) -> dict[str, list]:
@@ -95,6 +95,9 @@ def recipes(grid: dict[str, list], workspace: dict, known: set[str], distilled: 
     unknown = sorted(set(grid) - known)
     if unknown:
         raise KdflowError(f"-S {unknown[0]}: no such param in {PARAMS_FILE} (docs/params.md)")
+    if data := sorted(key for key in grid if key == "data" or key.startswith("data.")):
+        raise KdflowError(f"-S {data[0]}: the data is not a recipe (a recipe is chosen on its validation split); "
+                          "set it in params.yaml and search on each data setting apart")
     combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     found: list[dict] = []
     for recipe in [{**distilled.baseline_part(r), **NO_DISTILLATION} for r in combinations] + combinations:

@@ -2,9 +2,11 @@
 ``Distiller`` write it: a model whose ``compute_loss`` receives its targets as a dict of
 tensors and tracks each term of the loss with a ``keras.metrics.Mean``.
 
-The targets of every batch hold ``labels`` (class ids). The teacher, the scratch students and
-the plain students train on the labels alone (``Objective``); the distilled students train on
-kdflow.distill.objective's, which adds the teacher's outputs. All of them train as a
+The targets of every batch hold ``labels`` (class ids; NO_LABEL for an image without one). The
+teacher, the scratch students and the plain students train on the labels alone (``Objective``);
+the pseudo-labelled students on the labels and the teacher's where one is missing
+(``PseudoLabels``); the distilled students on kdflow.distill.objective's, which adds the
+teacher's outputs. All of them train as a
 ``TrainingModel`` in the one loop of kdflow.training.loop; only the objective differs.
 """
 
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
+
+from kdflow.core.prepared import TEACHER_LOGITS
 
 LABELS = "labels"
 # A mixed view's targets add its partner image's label and the share of its own label (kdflow.views.mixes)
@@ -79,6 +83,37 @@ class Objective:
 HARD_LABELS = Objective()
 
 
+def with_teacher_labels(y: dict) -> dict:
+    """The targets with every missing label (negative: NO_LABEL) replaced by the teacher's argmax
+    on the view (a mixed view's partner's too: the teacher saw the mixture)."""
+    if TEACHER_LOGITS not in y or LABELS not in y:  # nothing to label with, or nothing to label
+        return y
+    teacher_label = tf.argmax(y[TEACHER_LOGITS], axis=-1, output_type=y[LABELS].dtype)
+    labelled = {key: tf.where(y[key] >= 0, y[key], tf.cast(teacher_label, y[key].dtype))
+                for key in (LABELS, PARTNER_LABELS) if key in y}
+    return {**y, **labelled}
+
+
+def teacher_targets(teacher: keras.Model | None, x, y: dict) -> dict:
+    """The batch's targets with the teacher's logits (run on ``x`` when ``teacher`` is online and
+    they are not cached: validation's always are) and its labels where labels are missing."""
+    if teacher is not None and TEACHER_LOGITS not in y:
+        y = {**y, TEACHER_LOGITS: tf.stop_gradient(tf.cast(teacher(x, training=False), tf.float32))}
+    return with_teacher_labels(y)
+
+
+@dataclass(frozen=True)
+class PseudoLabels(Objective):
+    """The labels, and the teacher's label where an image has none: the pseudo-labelled students
+    (Lee 2013), the baseline that uses the extra images without the soft targets. ``teacher``:
+    run online (views.teacher), as for the distilled students."""
+
+    teacher: keras.Model | None = None
+
+    def targets(self, x, y: dict) -> dict:
+        return teacher_targets(self.teacher, x, y)
+
+
 class TrainingModel(keras.Model):
     """A functional model trained on dict targets under an ``Objective``. Each term is computed
     once per step; its per-sample values feed both the loss and the term's ``Mean``, so the
@@ -107,7 +142,10 @@ class TrainingModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        self.accuracy_tracker.update_state(y[LABELS], self.objective.logits(as_float32(y_pred)))
+        # the accuracy on the labels: images without one (NO_LABEL) are left out
+        labels = y[LABELS]
+        self.accuracy_tracker.update_state(tf.maximum(labels, 0), self.objective.logits(as_float32(y_pred)),
+                                           sample_weight=tf.cast(labels >= 0, tf.float32))
         return self.get_metrics_result()
 
 

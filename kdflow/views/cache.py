@@ -24,14 +24,12 @@ import numpy as np
 from kdflow.core import KdflowError
 from kdflow.core.io import atomic_dir, read_json, write_json
 from kdflow.core.paths import SOFT_TARGETS_DIR
-from kdflow.core.prepared import Prepared
+from kdflow.core.prepared import TEACHER_LOGITS, Prepared
 from kdflow.core.shards import RowBlocks, ShardedArray
 from kdflow.core.shards import write as write_shards
 from kdflow.models.logits import INFERENCE_BATCH_SIZE
 from kdflow.views.table import Views
 
-# The name of the teacher's logits among the distilled students' targets, from here to the loss.
-TEACHER_LOGITS = "teacher_logits"
 SPLITS = ("train", "val")
 VIEW_TABLE = "train_views"  # the view table of the training split's cached outputs
 TOP_K_KEYS = ("train_top_values", "train_top_classes", "train_rest")
