@@ -4,8 +4,8 @@ one, and no soft term: the baseline that says what the extra images give without
 
 Writes models/student_pseudo_repeats/ and metrics/train_pseudo.json. Without images without
 labels (data.unlabeled, data.labels_per_class) these students would be the scratch students:
-nothing is trained, the folder stays empty and the report leaves them out. A killed run resumes
-from its last finished epoch.
+nothing is trained (each output folder holds a none.txt that says so) and the report leaves
+them out. A killed run resumes from its last finished epoch.
 """
 
 from kdflow.core.params import Params
@@ -33,11 +33,13 @@ def main() -> None:
 
     data = load_prepared(("train", "val"))
     if not data.unlabeled_count:
-        with atomic_dir(repeats_dir(ROLE)), atomic_dir(live_dir("train_pseudo")):
-            pass
+        said = ("no images without labels (data.unlabeled, data.labels_per_class): these students would be "
+                "the scratch students, none trained")
+        for folder in (repeats_dir(ROLE), live_dir("train_pseudo")):
+            with atomic_dir(folder) as staging:  # a line in each output says why it holds no model
+                (staging / "none.txt").write_text(f"train_pseudo: {said}\n")
         write_json(metrics_file("train_pseudo"), {"repeats": 0, "unlabeled_images": 0})
-        print("train_pseudo: no images without labels (data.unlabeled, data.labels_per_class): "
-              "these students would be the scratch students, none trained")
+        print(f"train_pseudo: {said}")
         return
     from kdflow.training import strategy
     from kdflow.views import cache

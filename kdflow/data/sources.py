@@ -228,7 +228,7 @@ def encode_labels(raw: RawData, where: str) -> RawData:
 UNLABELED_KEY = "x"  # the array of a data.unlabeled .npz file
 
 
-def load_unlabeled(path: str, input_shape: tuple[int, ...]) -> np.ndarray | ShardedArray:
+def load_unlabeled(path: str, input_shape: tuple[int, ...]) -> np.ndarray | ShardedArray | ScaledPixels:
     """The images at data.unlabeled: an .npz file's ``x`` (images of exactly the data's shape),
     or every image under a folder in any layout (class sub-folders, if any, mean nothing),
     resized to the data's height and width in its colour mode; scaled to [0, 1] like the data."""
@@ -255,11 +255,29 @@ def load_unlabeled(path: str, input_shape: tuple[int, ...]) -> np.ndarray | Shar
         raise KdflowError(f"{where}: not a readable .npz ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise KdflowError(f"{where}: not a readable .npz, truncated or corrupt? ({type(exc).__name__})") from None
-    images = _images_from_array(x, UNLABELED_KEY, where)
+    if np.issubdtype(x.dtype, np.integer) and x.ndim in (3, 4):
+        images = ScaledPixels(x)  # held once, as the file's bytes: a large pool is scaled block by block
+    else:
+        images = _images_from_array(x, UNLABELED_KEY, where)
     if images.shape[1:] != tuple(input_shape):
         raise KdflowError(f"{where}: images of shape {images.shape[1:]}, the data's are {tuple(input_shape)}: "
                           "give images of the same size and colour mode")
     return images
+
+
+class ScaledPixels:
+    """8-bit images as float32 rows in [0, 1], scaled as they are read (``rows[index]``)."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+        self.shape = (*pixels.shape, 1) if pixels.ndim == 3 else pixels.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return _scale(self.pixels[index])
 
 
 # ---- the registry and the `data` section ------------------------------------------------------
