@@ -152,6 +152,21 @@ def test_the_report_answers_distill_augment_or_both_from_the_three_paired_cis(kd
     assert recommendation(m).startswith(answer)
 
 
+@pytest.mark.parametrize("extra, soft, answer", [
+    ((0.031, 0.041), (0.001, 0.007), "**distill with the images without labels**: the soft targets add"),
+    ((0.031, 0.041), (-0.009, -0.001), "**pseudo-label the images without labels** (`alpha: 1`)"),
+    ((0.031, 0.041), (-0.002, 0.007), "**use the images without labels**: the pseudo-labelled students beat"),
+    ((-0.01, 0.01), (-0.01, 0.01), "**augment**"),  # the images did not help: the usual answer
+])
+def test_with_images_without_labels_the_report_answers_soft_targets_or_pseudo_labels_first(extra, soft, answer):
+    from kdflow.evaluate.report import recommendation
+
+    kd = (extra[0] + soft[0], extra[1] + soft[1])
+    m = {"kd_gain": _gain(*kd), "augment_gain": _gain(0.01, 0.02), "combined_gain": _gain(0.02, 0.03),
+         "student_pseudo": {}, "extra_images_gain": _gain(*extra), "soft_gain": _gain(*soft)}
+    assert recommendation(m).startswith(answer)
+
+
 def test_temperature_scaling_recovers_the_temperature_of_overconfident_logits():
     from kdflow.models.logits import fit_temperature, nll
 
@@ -222,6 +237,25 @@ def test_the_teacher_check_fires_on_a_weak_teacher_and_not_on_a_trained_one(in_t
     for role in ("teacher", "student_scratch"):
         r = comparison.metrics[role]
         assert r["temperature"] > 0 and {"loss_calibrated", "ece_calibrated"} <= set(r)
+    assert "student_pseudo" not in comparison.metrics and "members_accuracy" not in comparison.metrics["teacher"]
+
+    # An ensemble teacher (the weak and the trained one) and pseudo-labelled students: each member's
+    # accuracy beside the ensemble's, and the KD gain split in two
+    from kdflow.models.logits import predict_logits
+    from kdflow.teacher import ensemble
+
+    artifacts.save_model(model_file("teacher"), ensemble.combine([weak, trained], "probabilities"))
+    shutil.copytree(repeats_dir("student_scratch"), repeats_dir("student_pseudo"))
+    comparison = compare(data, measure_latency=False)
+    m = comparison.metrics
+    x, y = data.xy("test")
+    assert m["teacher"]["members_accuracy"] == [round(float(np.mean(
+        predict_logits(member, x).argmax(axis=1) == y)), 6) for member in (weak, trained)]
+    assert m["student_pseudo"]["repeats"] == 3 and m["soft_gain"]["mean"] == 0.0  # the same students
+    assert m["extra_images_gain"]["mean"] == 0.0 and m["gap_closed_pseudo"] == m["gap_closed"]
+    summary = summary_markdown(comparison, key_params, False)
+    assert "The teacher is an ensemble of 2: its members' test accuracy" in summary
+    assert "| pseudo-labelled student (views, with the images without labels) |" in summary
 
 
 @pytest.mark.parametrize("gain, alpha, teacher_better, pairs, words", [
