@@ -151,59 +151,67 @@ def test_prepare_holds_the_source_once_and_writes_what_a_plain_split_gives(in_tm
         np.testing.assert_array_equal(np.asarray(prepared.arrays[key]), value)
 
 
+def small_npz() -> dict:
+    """``digits.npz`` in the working directory: 300 8-bit 8x8 images of 3 classes; its `data` keys."""
+    rng = np.random.default_rng(5)
+    np.savez("digits.npz", x_train=rng.integers(0, 256, size=(300, 8, 8), dtype=np.uint8),
+             y_train=np.repeat(np.arange(3), 100))
+    return {"name": "npz", "path": "digits.npz"}
+
+
 def test_labels_per_class_keeps_a_seeded_stratified_share_and_the_rest_become_images_without_labels(in_tmp):
     from kdflow.core.prepared import NO_LABEL
 
-    meta = prepare(DataParams(labels_per_class=20), seed=42)
-    assert meta["sizes"] == {"train": 200, "val": 500, "test": 1000, "unlabeled": 3300}
+    source = small_npz()
+    meta = prepare(DataParams(**source, labels_per_class=20), seed=42)
+    assert meta["sizes"] == {"train": 60, "val": 30, "test": 60, "unlabeled": 150}
     data = load_prepared()
-    assert np.bincount(data.xy("train")[1]).tolist() == [20] * 10
-    whole = load_prepared()  # the same split as without the option: val and test are untouched
+    assert np.bincount(data.xy("train")[1]).tolist() == [20] * 3
     first = prepared_files(in_tmp)
-    prepare(DataParams(labels_per_class=20), seed=42)
+    prepare(DataParams(**source, labels_per_class=20), seed=42)
     assert prepared_files(in_tmp) == first  # seeded: byte-identical
-    joined = data.with_unlabeled()
-    x, y = joined.xy("train")
-    assert len(x) == len(y) == 3500 and (y[200:] == NO_LABEL).all() and (y[:200] >= 0).all()
-    all_train = x[:].reshape(3500, -1)
-    prepare(DataParams(), seed=42)
+    x, y = data.with_unlabeled().xy("train")
+    assert len(x) == len(y) == 210 and (y[60:] == NO_LABEL).all() and (y[:60] >= 0).all()
+    all_train, val = x[:].reshape(210, -1), data.xy("val")[0][:]
+    prepare(DataParams(**source), seed=42)
     plain = load_prepared()
-    np.testing.assert_array_equal(plain.xy("val")[0][:], whole.xy("val")[0][:])
+    np.testing.assert_array_equal(plain.xy("val")[0][:], val)  # val and test are untouched
     # the labelled and unlabelled images are together exactly the training split without the option
-    assert sorted(map(bytes, all_train)) == sorted(map(bytes, plain.xy("train")[0][:].reshape(3500, -1)))
+    assert sorted(map(bytes, all_train)) == sorted(map(bytes, plain.xy("train")[0][:].reshape(210, -1)))
     assert plain.unlabeled_count == 0 and plain.with_unlabeled() is plain
-    prepare(DataParams(labels_per_class=20), seed=43)
+    prepare(DataParams(**source, labels_per_class=20), seed=43)
     assert not np.array_equal(load_prepared().xy("train")[0][:], data.xy("train")[0][:])
 
 
 def test_images_without_labels_come_from_an_npz_or_a_folder_in_any_layout(in_tmp):
     from PIL import Image
 
+    source = small_npz()
     rng = np.random.default_rng(0)
-    digits = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
-    np.savez("pool.npz", x=digits)
-    meta = prepare(DataParams(unlabeled="pool.npz"), seed=1)
-    assert meta["sizes"]["unlabeled"] == 6 and meta["sizes"]["train"] == 3500
+    pool = rng.integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+    np.savez("pool.npz", x=pool)
+    meta = prepare(DataParams(**source, unlabeled="pool.npz"), seed=1)
+    assert meta["sizes"]["unlabeled"] == 6 and meta["sizes"]["train"] == 210
     extra = load_prepared().with_unlabeled().xy("train")[0]
-    np.testing.assert_array_equal(extra[3500:], digits[..., None].astype(np.float32) / np.float32(255))
+    np.testing.assert_array_equal(extra[210:], pool[..., None].astype(np.float32) / np.float32(255))
     # a folder: nested, class-like folders mean nothing; RGB and other sizes become the data's
     for where in ("pool/a.png", "pool/sub/b.png", "pool/sub/deeper/c.jpg"):
         Path(where).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, size=(40, 30, 3), dtype=np.uint8)).save(where)
     Path("pool/notes.txt").write_text("not an image")
-    meta = prepare(DataParams(unlabeled="pool"), seed=1)
+    meta = prepare(DataParams(**source, unlabeled="pool"), seed=1)
     assert meta["sizes"]["unlabeled"] == 3
     extra = load_prepared().with_unlabeled().xy("train")[0]
-    assert extra.shape == (3503, 28, 28, 1)
+    assert extra.shape == (213, 8, 8, 1)
     # refused in one line each, and the prepared data is left as it was
     before = prepared_files(in_tmp)
     np.savez("wrong.npz", x=rng.integers(0, 256, size=(4, 10, 10, 3), dtype=np.uint8))
-    np.savez("nox.npz", images=digits)
+    np.savez("nox.npz", images=pool)
     Path("empty").mkdir()
-    for path, message in (("wrong.npz", r"images of shape \(10, 10, 3\), the data's are \(28, 28, 1\)"),
+    for path, message in (("wrong.npz", r"images of shape \(10, 10, 3\), the data's are \(8, 8, 1\)"),
                           ("nox.npz", r"no array 'x' \(has: images\)"),
                           ("empty", "the folder holds no images"),
                           ("missing.npz", "no such file or folder")):
         with pytest.raises(KdflowError, match=rf"^data.unlabeled = {path}: {message}"):
-            prepare(DataParams(unlabeled=path), seed=1)
+            prepare(DataParams(**source, unlabeled=path), seed=1)
     assert prepared_files(in_tmp) == before
