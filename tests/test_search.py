@@ -211,3 +211,26 @@ def test_parts_of_a_grid_are_dealt_the_same_on_every_host():
     for bad in ("0/2", "3/2", "2", "a/b", "1/0"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected I/N"):
             part_of(bad)
+
+
+def test_with_images_without_labels_pseudo_labels_are_ranked_by_their_own_gain_and_no_gain_is_said(in_tmp, capsys):
+    """alpha = 1 is then the pseudo-labelled students, not the scratch students: ranked by their
+    paired validation gain like any recipe; when even the best recipe is below the scratch
+    students, the search says that the images did not help."""
+    from kdflow.search.commands import choose_and_apply
+
+    found = recipes({"alpha": [0.1]}, WORKSPACE)
+    scratch = [0.916, 0.92, 0.91]
+
+    def exp(name, distilled):
+        return Experiment(name, {}, {"distilled": distilled, "scratch": scratch, "plain": scratch}, None)
+
+    pseudo, soft = exp("pseudo", [0.95, 0.952, 0.948]), exp("soft", [0.949, 0.95, 0.947])
+    order, _ = choose(list(zip(found, [pseudo, soft])), DISTILLED)
+    assert [e.name for e in order] == ["pseudo", "soft"] and pseudo.val_gain("distilled", "scratch")["mean"] > 0
+    choose_and_apply([(r, e, None) for r, e in zip(found, [pseudo, soft])], DISTILLED, apply=False)
+    assert "WARNING" not in capsys.readouterr().out
+    worse = [(r, exp(name, [0.90, 0.905, 0.9]), None) for r, name in zip(found, ("pseudo", "soft"))]
+    choose_and_apply(worse, DISTILLED, apply=False)
+    assert ("search: WARNING: no recipe beat the scratch students on validation, pseudo-labels (alpha = 1) "
+            "included: the images without labels did not help here") in capsys.readouterr().out
