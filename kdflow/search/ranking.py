@@ -9,8 +9,8 @@ Recipes are ranked by the mean paired validation KD gain (ties: by its CI's lowe
 distillation (alpha = 1) trains exactly the scratch students, so its gain is exactly 0: a
 recipe ranks above it only with a mean gain above zero on validation (why not the lower bound:
 docs/results.md). With images without labels, alpha = 1 trains the pseudo-labelled students
-instead, ranked by their own gain over the scratch students like any recipe. When a search varies what the scratch students train on, the settings are
-chosen on them first (``choose``).
+instead, ranked by their own gain over the scratch students like any recipe. When a search
+varies what the scratch students train on, the settings are chosen on them first (``choose``).
 
 Written here because DVC shows the metrics of each experiment but not paired statistics over them.
 """
