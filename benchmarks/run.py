@@ -3,7 +3,8 @@
     python -m benchmarks.run                # the full benchmark on the embedded data (~90 min, 2 cores)
     python -m benchmarks.run --no-grid      # without the 3x3 queued grid (~55 min)
     python -m benchmarks.run --speed-only   # only the training-speed ratios (~7 min per run)
-    python -m benchmarks.run --scale        # only the data sizes: every stage at 1x, 4x, 16x (~15 min)
+    python -m benchmarks.run --scale        # only the data sizes: every stage at 1x, 4x, 16x, and a pool of
+                                            # images without labels 1x and 16x (~25 min)
     python -m benchmarks.run --sizes        # only real resolutions: MobileNetV3Small from EfficientNetV2B0
                                             # at 64, 96, 128 px (benchmarks/sizes.py, ~20 min)
     python -m benchmarks.run --mixes        # only function matching: mixup views cached and online,
